@@ -1,0 +1,160 @@
+"""`vitshrink bench` and `vitshrink gate`: parse, build one config, call the library, print.
+
+Registered in cli.py with `main.add_command(bench_command)` and `main.add_command(gate_command)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from benchmarks.errors import BenchError
+from benchmarks.gate import DEFAULT_GATES
+from benchmarks.timing import TimingPolicy
+from compressor.data import DATASETS
+from compressor.errors import VitShrinkError
+
+
+def _backends(ctx, param, value: str) -> tuple[str, ...]:
+    from benchmarks.runtimes import BackendSpec
+
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    try:
+        for name in names:
+            if name != "auto":
+                BackendSpec.parse(name)
+    except BenchError as e:
+        raise click.BadParameter(str(e)) from e
+    if not names:
+        raise click.BadParameter("give at least one backend, e.g. auto or torch-cpu,ort-cpu")
+    return names
+
+
+def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: write batch sizes as integers separated by commas, e.g. 1,8,32") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: batch sizes must be >= 1")
+    return tuple(dict.fromkeys(sizes))
+
+
+def default_out(artifact: str) -> Path:
+    """`<folder>.bench` beside a model folder; `runs/<name>.bench` for a timm name."""
+    path = Path(artifact)
+    return path.with_name(path.name + ".bench") if path.is_dir() else Path("runs") / f"{artifact}.bench"
+
+
+def _print_gates(outcome, gate_file: Path) -> None:
+    from benchmarks.report import gate_table
+
+    click.echo(f"\ngates: {gate_file}")
+    click.echo(gate_table(list(outcome.results)))
+    if outcome.baseline_written:
+        click.echo(f"baseline recorded: {outcome.baseline_written}")
+
+
+@click.command("bench")
+@click.argument("artifact")
+@click.option("--teacher", help="Teacher to compare with: artifact, timm folder or timm name "
+                                "[default: the teacher recorded in ARTIFACT's compression.json].")
+@click.option("--no-teacher", is_flag=True, help="Benchmark the student alone (no speedup, no accuracy drop).")
+@click.option("--backends", default="auto", show_default=True, callback=_backends,
+              help="Comma-separated runtime[:precision]: torch-cpu, torch-cuda, ort-cpu, ort-cuda, tensorrt; "
+                   "precisions fp32, fp16, int8 (e.g. ort-cpu:int8). auto = every one this machine runs.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch and ONNX Runtime "
+                                                            "(intra-op) [default: torch.get_num_threads()].")
+@click.option("--warmup", type=click.IntRange(min=0), default=TimingPolicy.warmup_iters, show_default=True,
+              help="Untimed calls per model before timing (at least).")
+@click.option("--warmup-time", type=click.FloatRange(min=0), default=TimingPolicy.warmup_s, show_default=True,
+              help="Seconds of warm-up per model (at least).")
+@click.option("--min-iters", type=click.IntRange(min=1), default=TimingPolicy.min_iters, show_default=True,
+              help="Timed calls per model and batch size (at least).")
+@click.option("--min-time", type=click.FloatRange(min=0), default=TimingPolicy.min_time_s, show_default=True,
+              help="Timed seconds per model and batch size (at least).")
+@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=TimingPolicy.max_time_s,
+              show_default=True, help="Stop timing a model after this many seconds even below --min-iters.")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Peak memory per backend, each measured in its own process.")
+@click.option("--memory-batch", type=click.IntRange(min=1), help="Batch of the memory probes [default: largest].")
+@click.option("--fvcore/--no-fvcore", default=True, show_default=True,
+              help="Cross-check the analytic MACs with fvcore (attention counted).")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), help="Eval split for top-1/top-5 [default: none].")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help="Folder of that dataset.")
+@click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Eval images (a fixed random subset); 0 = the whole split.")
+@click.option("--eval-batch", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for bench.json, bench.md, bench.png [default: ARTIFACT.bench].")
+@click.option("--no-plot", is_flag=True, help="Do not draw bench.png.")
+@click.option("--gate", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=f"Check the results against a gate file (TOML; example: {DEFAULT_GATES.name} in benchmarks/gates).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="Baseline JSON for the gates [default: the one the gate file names].")
+@click.option("--update-baseline", is_flag=True, help="Record this run as the new baseline (if the gates' limits pass).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
+    """Is ARTIFACT faster, smaller and as accurate as its teacher on this machine's runtimes?
+
+    Times teacher and student alternately on every backend and batch size, measures peak memory,
+    FLOPs, file sizes and (with --dataset) accuracy, and writes bench.json, bench.md and bench.png.
+    """
+    from benchmarks.api import BenchConfig, gate_bench, run_bench
+    from benchmarks.report import terminal_report
+
+    if kw["update_baseline"] and kw["gate_file"] is None:
+        raise click.BadParameter("--update-baseline needs --gate FILE", param_hint="--update-baseline")
+    if kw["no_teacher"] and kw["teacher"]:
+        raise click.BadParameter("--teacher and --no-teacher exclude each other", param_hint="--no-teacher")
+    try:
+        config = BenchConfig(
+            student=artifact, teacher=kw["teacher"], auto_teacher=not kw["no_teacher"], backends=kw["backends"],
+            batch_sizes=kw["batch_sizes"], threads=kw["threads"],
+            timing=TimingPolicy(warmup_iters=kw["warmup"], warmup_s=kw["warmup_time"], min_iters=kw["min_iters"],
+                                min_time_s=kw["min_time"], max_time_s=kw["max_time"]),
+            memory=kw["memory"], memory_batch=kw["memory_batch"], fvcore=kw["fvcore"], dataset=kw["dataset"],
+            data_dir=kw["data_dir"], limit=kw["limit"] or None, eval_batch=kw["eval_batch"],
+            out_dir=kw["out"] or default_out(artifact), plot=not kw["no_plot"], progress=not kw["no_progress"],
+        )
+    except VitShrinkError as e:
+        raise click.BadParameter(str(e)) from e
+    try:
+        bench = run_bench(config, log=click.echo).to_dict()
+        click.echo("\n" + terminal_report(bench))
+        if kw["gate_file"] is not None:
+            outcome = gate_bench(bench, kw["gate_file"], baseline=kw["baseline"],
+                                 update_baseline=kw["update_baseline"])
+    except VitShrinkError as e:
+        raise click.ClickException(str(e)) from e
+    if kw["gate_file"] is not None:
+        _print_gates(outcome, kw["gate_file"])
+        if not outcome.passed:
+            ctx.exit(1)
+
+
+@click.command("gate")
+@click.argument("bench_json", type=click.Path(exists=True, path_type=Path))
+@click.option("--gates", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=DEFAULT_GATES, show_default=True, help="Gate file (TOML).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="Baseline JSON [default: the one the gate file names].")
+@click.option("--update-baseline", is_flag=True, help="Record BENCH_JSON as the new baseline (if the limits pass).")
+@click.pass_context
+def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline: Path | None,
+                 update_baseline: bool) -> None:
+    """Check BENCH_JSON (a bench.json or its folder) against per-metric limits; exit 1 if any fails."""
+    from benchmarks.api import gate_bench
+    from benchmarks.results import read_bench_json
+
+    try:
+        outcome = gate_bench(read_bench_json(bench_json), gate_file, baseline=baseline,
+                             update_baseline=update_baseline)
+    except VitShrinkError as e:
+        raise click.ClickException(str(e)) from e
+    _print_gates(outcome, gate_file)
+    if not outcome.passed:
+        ctx.exit(1)

@@ -1,0 +1,155 @@
+"""What the CLI commands do, as plain functions of one config object each (no click, no sys.exit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compressor import distributed as ddp
+from compressor.artifact import is_artifact, load_artifact, save_artifact
+from compressor.atomic import write_text_atomic
+from compressor.data import build_dataset, build_loader, num_classes_of
+from compressor.evaluate import evaluate
+from compressor.flops import count_macs, count_params
+from compressor.loaded import LoadedModel
+from compressor.loading import load_model
+from compressor.pipeline import CompressConfig, CompressData, CompressReport, run_compress
+from compressor.report import format_table, markdown_report, report_rows
+from compressor.train import TrainConfig, train
+
+# The embedded default: a small ViT trained on scikit-learn's digits (no download), 16x16 input.
+DEFAULT_TEACHER_DIR = Path("runs/digits-teacher")
+DEFAULT_TEACHER_ARCH = "vit_tiny_patch16_224"
+DEFAULT_TEACHER_ARGS = {
+    "img_size": 16, "patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0,
+    "num_classes": 10,
+}
+DEFAULT_TEACHER_CFG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                       "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+DEFAULT_TEACHER_TRAIN = TrainConfig(epochs=40, batch_size=64, lr=2e-3, warmup_epochs=2, label_smoothing=0.1)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    train_limit: int | None = None  # random subset of the training split (same every run)
+    eval_limit: int | None = None  # random subset of the evaluation split
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CompressJob:
+    model: str | None  # timm name / folder / artifact; None = the embedded digits teacher
+    out: Path
+    config: CompressConfig
+    data: DataOptions = field(default_factory=DataOptions)
+    checkpoint: str | None = None
+    pretrained: bool = False
+    work_dir: Path | None = None  # default: <out>.work beside the output
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    model: str
+    out: Path
+    train: TrainConfig
+    data: DataOptions = field(default_factory=DataOptions)
+    model_args: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    pretrained: bool = False
+    resume: bool = False
+    progress: bool = True
+
+
+def _datasets(loaded: LoadedModel, opts: DataOptions, augment: bool):
+    train_set = build_dataset(opts.dataset, opts.data_dir, "train", loaded.data_config, augment=augment,
+                              download=opts.download, limit=opts.train_limit, seed=opts.seed)
+    eval_set = build_dataset(opts.dataset, opts.data_dir, "eval", loaded.data_config,
+                             download=opts.download, limit=opts.eval_limit, seed=opts.seed)
+    return train_set, eval_set
+
+
+def compress(job: CompressJob, log=print) -> CompressReport:
+    """Load the teacher, build the data, run the stages, write the artifact and the report."""
+    device = ddp.init_from_env()
+    teacher = default_teacher(log=log, progress=job.progress) if job.model is None else load_model(
+        job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
+    train_set, eval_set = _datasets(teacher, job.data, augment=True)
+    calib_set = build_dataset(job.data.dataset, job.data.data_dir, "train", teacher.data_config,
+                              limit=job.config.calib_batches * job.config.calib_batch_size, seed=job.data.seed + 1)
+    data = CompressData(
+        train_set=train_set,
+        calib_loader=build_loader(calib_set, job.config.calib_batch_size),
+        eval_loader=build_loader(eval_set, 256, num_workers=job.data.num_workers),
+    )
+    work_dir = job.work_dir or job.out.with_name(job.out.name + ".work")
+    main_log = log if ddp.is_main() else (lambda *a, **k: None)
+    report = run_compress(teacher, data, job.config, job.out, work_dir, resume=job.resume, device=device,
+                          progress=job.progress, log=main_log)
+    if ddp.is_main():
+        write_text_atomic(job.out / "report.md", markdown_report(report))
+        main_log("\n" + format_table(report_rows(report)))
+        main_log(f"\nartifact: {job.out}  (report: {job.out / 'report.md'})")
+    return report
+
+
+def finetune(job: FinetuneJob, log=print) -> dict:
+    """Train or fine-tune a teacher on a dataset; write it in the artifact format."""
+    device = ddp.init_from_env()
+    loaded = load_model(job.model, checkpoint=job.checkpoint, pretrained=job.pretrained, model_args=job.model_args)
+    train_set, eval_set = _datasets(loaded, job.data, augment=True)
+    classes = num_classes_of(train_set)
+    if loaded.model.num_classes != classes:
+        log(f"resetting the classifier: {loaded.model.num_classes} -> {classes} classes")
+        loaded.model.reset_classifier(classes)
+        loaded = dataclasses.replace(loaded, model_args={**loaded.model_args, "num_classes": classes})
+    eval_loader = build_loader(eval_set, 256, num_workers=job.data.num_workers)
+    work_dir = job.out.with_name(job.out.name + ".work")
+    result = train(loaded.model, train_set, eval_loader, job.train, work_dir, resume=job.resume,
+                   device=device, progress=job.progress, desc="finetune")
+    loaded.model.cpu()
+    metrics = evaluate(loaded.model, eval_loader)
+    summary = {"params": count_params(loaded.model), "macs": count_macs(loaded.model),
+               "top1": round(metrics["top1"], 5), "top5": round(metrics["top5"], 5)}
+    if ddp.is_main():
+        save_artifact(job.out, loaded, {
+            "method": "finetune (no compression)",
+            "source": {"model": job.model, "pretrained": job.pretrained, "checkpoint": job.checkpoint},
+            "train": job.train.to_dict(), "data": dataclasses.asdict(job.data),
+            "history": result.history, "result": summary,
+        })
+        log(f"teacher: top-1 {summary['top1']:.2%}, {summary['params'] / 1e6:.3f} M params -> {job.out}")
+    return summary
+
+
+def default_teacher(log=print, progress: bool = True) -> LoadedModel:
+    """The embedded default teacher: reuse `runs/digits-teacher`, or train it (about a minute on 2 cores)."""
+    if is_artifact(DEFAULT_TEACHER_DIR):
+        log(f"using the embedded default teacher in {DEFAULT_TEACHER_DIR}")
+        return load_artifact(DEFAULT_TEACHER_DIR)
+    log(f"no teacher given: training the embedded default on scikit-learn digits -> {DEFAULT_TEACHER_DIR}")
+    job = FinetuneJob(
+        model=DEFAULT_TEACHER_ARCH,
+        out=DEFAULT_TEACHER_DIR,
+        train=DEFAULT_TEACHER_TRAIN,
+        data=DataOptions(dataset="digits"),
+        model_args={**DEFAULT_TEACHER_ARGS, "pretrained_cfg_overlay": DEFAULT_TEACHER_CFG},
+        progress=progress,
+    )
+    finetune(job, log=log)
+    return load_artifact(DEFAULT_TEACHER_DIR)
+
+
+def describe_artifact(path: Path) -> str:
+    """A short human summary of an artifact (used by `vitshrink info`)."""
+    loaded = load_artifact(path)
+    result = (loaded.compression or {}).get("result", {})
+    return json.dumps({"architecture": loaded.name, "spec": loaded.spec.summary().splitlines(), "result": result},
+                      indent=2)

@@ -1,0 +1,129 @@
+"""Turn what the user names (timm name, timm folder, vitshrink artifact, + checkpoint) into a LoadedModel."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.data import resolve_data_config
+
+from compressor.artifact import CONFIG_FILE, WEIGHTS_FILE, _parse_config, is_artifact, load_artifact, load_state_dict_strict
+from compressor.errors import ArtifactError, ModelSourceError
+from compressor.loaded import LoadedModel
+from compressor.spec import ArchSpec
+from compressor.support import check_supported
+
+
+def load_model(
+    source: str,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    model_args: dict | None = None,
+) -> LoadedModel:
+    """Load a supported timm ViT from a timm name, a timm folder or a vitshrink artifact folder.
+
+    `model_args` (timm name only) are passed to `timm.create_model`, e.g. num_classes or img_size.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if checkpoint is not None:
+            raise ModelSourceError(f"--checkpoint is for timm names; {source} is a folder that holds its own weights")
+        loaded = load_artifact(path) if is_artifact(path) else _load_timm_folder(path)
+    else:
+        loaded = _load_timm_name(source, checkpoint, pretrained, dict(model_args or {}))
+    check_supported(loaded.model)
+    return loaded
+
+
+def _load_timm_folder(path: Path) -> LoadedModel:
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise ModelSourceError(
+            f"{path} is neither a timm model folder (config.json + model.safetensors) nor a vitshrink artifact"
+        )
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ModelSourceError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
+    name, model_args, pretrained_cfg = _parse_config(config, path)
+    model = _create(name, pretrained=False, pretrained_cfg=pretrained_cfg, **model_args)
+    try:
+        load_state_dict_strict(model, load_file(str(path / WEIGHTS_FILE)), path / WEIGHTS_FILE)
+    except ArtifactError as e:
+        raise ModelSourceError(str(e)) from e
+    return _wrap(model, name, model_args, path)
+
+
+def _load_timm_name(name: str, checkpoint, pretrained: bool, model_args: dict) -> LoadedModel:
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models("*vit*"), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelSourceError(f"unknown model {name!r}: not a timm model name nor an existing folder{hint}")
+    overlay = model_args.pop("pretrained_cfg_overlay", None)  # mean/std/input size; kept via pretrained_cfg
+    model = _create(name, pretrained=pretrained and checkpoint is None, pretrained_cfg_overlay=overlay, **model_args)
+    if checkpoint is not None:
+        state = read_checkpoint(Path(checkpoint))
+        try:
+            load_state_dict_strict(model, state, checkpoint)
+        except ArtifactError as e:
+            raise ModelSourceError(f"{e} (is --checkpoint for {name!r} with these model options?)") from e
+    return _wrap(model, name, model_args, None)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or from a `.pth` with `weights_only=True` (no unpickling of code)."""
+    if not path.is_file():
+        raise ModelSourceError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign files
+        raise ModelSourceError(
+            f"cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: {e}); "
+            "save a state_dict (or convert to .safetensors) instead of a pickled module"
+        ) from e
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelSourceError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _create(name: str, **kwargs) -> torch.nn.Module:
+    try:
+        return timm.create_model(name, **kwargs)
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
+        if kwargs.get("pretrained"):
+            raise ModelSourceError(
+                f"could not download pretrained weights for {name!r} ({type(e).__name__}: {e}); "
+                "check the network, or pass --checkpoint FILE / a local model folder"
+            ) from e
+        raise ModelSourceError(f"timm could not build {name!r} with {kwargs}: {e}") from e
+
+
+def _wrap(model: torch.nn.Module, name: str, model_args: dict, path: Path | None) -> LoadedModel:
+    model.eval()
+    check_supported(model)
+    cfg = model.pretrained_cfg
+    pretrained_cfg = dict(cfg if isinstance(cfg, dict) else cfg.to_dict())
+    # a model built at another image size than its pretrained config (e.g. img_size=32) takes that size
+    size = (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+    if tuple(pretrained_cfg.get("input_size", size)) != size:
+        pretrained_cfg["input_size"] = size
+        model.pretrained_cfg = pretrained_cfg
+    return LoadedModel(
+        model=model,
+        spec=ArchSpec.from_model(model),
+        name=name,
+        model_args=model_args,
+        pretrained_cfg=dict(pretrained_cfg),
+        data_config=resolve_data_config({}, model=model),
+        path=path,
+    )

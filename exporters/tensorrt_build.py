@@ -1,0 +1,168 @@
+"""Build and run a TensorRT engine with TensorRT's Python API (10.x on JetPack 6, and >= 11).
+
+Needs the `tensorrt` package and a CUDA GPU; neither is importable on the machines vitshrink is
+developed on, so this path has only been exercised with a fake `tensorrt` module (see
+tests/test_export_trt.py and docs/exporters.md). Everywhere else the export writes
+build_engine.sh instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compressor.atomic import atomic_file
+from exporters.errors import EngineBuildError, TensorRTUnavailableError
+from exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from exporters.layout import engine_file, engine_onnx_file
+from exporters.trtexec import EngineProfile
+from exporters.validate import Runner
+
+INSTALL_HINT = (
+    "on a Jetson the tensorrt package comes with JetPack (python3-libnvinfer); on x86 `pip install tensorrt` "
+    "(it downloads from NVIDIA's index). Without it, copy the export folder to the device and run build_engine.sh"
+)
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    engine_file: str
+    onnx_file: str  # the ONNX file the engine was built from
+    precision: str
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str
+    strongly_typed: bool  # TensorRT >= 11, or a network built from a typed (FP16) graph
+    workspace_mb: int
+    timing_cache: str
+    timing_cache_reused: bool  # False when the cache was new or came from another GPU/TensorRT
+    build_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def import_tensorrt():
+    """The tensorrt module, or an error that says how to get it."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise TensorRTUnavailableError(
+            f"the tensorrt Python package is not installed ({e}); {INSTALL_HINT}"
+        ) from e
+    return tensorrt
+
+
+def cuda_device() -> tuple[str, str]:
+    """Name and compute capability of GPU 0."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailableError(
+            "TensorRT is installed but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+            "build the engine on the device with build_engine.sh"
+        )
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+
+def build_engine(
+    folder: Path,
+    io: IOSpec,
+    profile: EngineProfile,
+    precision: str,
+    *,
+    workspace_mb: int,
+    timing_cache: Path,
+) -> EngineBuild:
+    """Parse the ONNX file in `folder`, build `model.<precision>.engine` beside it, update the timing cache."""
+    trt = import_tensorrt()
+    gpu, capability = cuda_device()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # TensorRT 11 removed BuilderFlag.FP16 with weak typing: precision then comes from the graph.
+    strongly_typed = not hasattr(trt.BuilderFlag, "FP16")
+    onnx_path = folder / engine_onnx_file(precision, strongly_typed)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external weights are found
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp16" and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if io.dynamic:
+        shapes = profile.shapes(io)
+        trt_profile = builder.create_optimization_profile()
+        trt_profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(trt_profile)
+    cache, reused = _attach_timing_cache(config, timing_cache)
+
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if plan is None:
+        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path.name}; see its log above")
+    name = engine_file(precision)
+    (folder / name).write_bytes(bytes(plan))
+    with atomic_file(timing_cache) as tmp:
+        tmp.write_bytes(bytes(cache.serialize()))
+    return EngineBuild(
+        engine_file=name,
+        onnx_file=onnx_path.name,
+        precision=precision,
+        tensorrt_version=trt.__version__,
+        gpu=gpu,
+        compute_capability=capability,
+        strongly_typed=strongly_typed,
+        workspace_mb=workspace_mb,
+        timing_cache=str(timing_cache),
+        timing_cache_reused=reused,
+        build_seconds=round(seconds, 3),
+    )
+
+
+def _attach_timing_cache(config, path: Path):
+    """Reuse the cache at `path` when it was made on this GPU and TensorRT; otherwise start a new one."""
+    if path.is_file():
+        cache = config.create_timing_cache(path.read_bytes())
+        if config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache, True
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache, False
+
+
+def engine_runner(engine_path: Path) -> Runner:
+    """Run a serialized engine on GPU 0 with torch CUDA tensors (TensorRT 10 name-based tensor API)."""
+    import torch
+
+    trt = import_tensorrt()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise EngineBuildError(
+            f"TensorRT cannot load {engine_path.name} (built for another GPU or TensorRT?)"
+        )
+    context = engine.create_execution_context()
+    out_dtype = torch.float16 if engine.get_tensor_dtype(OUTPUT_NAME) == trt.float16 else torch.float32
+
+    def run(x: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(x).to("cuda", dtype=torch.float32).contiguous()
+        context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
+        context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
+        outputs = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), device="cuda", dtype=out_dtype)
+        context.set_tensor_address(OUTPUT_NAME, outputs.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise EngineBuildError(f"TensorRT failed to run {engine_path.name} on a batch of {len(x)}")
+        stream.synchronize()
+        return outputs.float().cpu().numpy()
+
+    return run

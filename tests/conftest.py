@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny real timm ViTs (no downloads), one of them trained on digits."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from compressor.data import build_dataset, build_loader
+from compressor.loading import load_model
+from compressor.train import TrainConfig, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINY_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
+TINY_CFG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def tiny_vit(**overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    args = {**TINY_ARGS, **overrides}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A tiny ViT trained on digits for a few epochs (a model whose importance scores mean something)."""
+    loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
+    train_set = build_dataset("digits", None, "train", loaded.data_config, augment=False)
+    config = TrainConfig(epochs=6, batch_size=64, lr=3e-3, warmup_epochs=1, seed=0)
+    train(loaded.model, train_set, None, config, tmp_path_factory.mktemp("teacher"), progress=False)
+    loaded.model.eval()
+    return loaded
+
+
+@pytest.fixture
+def digits_teacher(trained_digits):
+    """A fresh copy of the trained digits teacher (tests may cut it)."""
+    import copy
+
+    return dataclasses.replace(trained_digits, model=copy.deepcopy(trained_digits.model))
+
+
+@pytest.fixture(scope="session")
+def digits_eval_loader(trained_digits):
+    ds = build_dataset("digits", None, "eval", trained_digits.data_config)
+    return build_loader(ds, 128)
+
+
+@pytest.fixture(scope="session")
+def digits_calib(trained_digits):
+    from compressor.importance import calibration_batches
+
+    ds = build_dataset("digits", None, "train", trained_digits.data_config, limit=256, seed=1)
+    return calibration_batches(build_loader(ds, 64), 4)

@@ -1,0 +1,104 @@
+"""Distillation: the KD loss and its gradient, a few steps that lower it, exact resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compressor.data import build_dataset
+from compressor.kd_loss import KDWeights, distillation_loss, kd_loss
+from compressor.spec import ArchSpec
+from compressor.surgery import PrunePlan, apply_plan
+from compressor.train import TrainConfig, TrainingInterrupted, train
+
+
+def test_kd_loss_is_zero_for_identical_logits():
+    logits = torch.randn(8, 10)
+    assert kd_loss(logits, logits.clone(), temperature=3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_gradient_is_t_times_softmax_difference():
+    """d/ds [T^2 KL(p_t || p_s)] = T (softmax(s/T) - softmax(t/T)) / B."""
+    torch.manual_seed(0)
+    s = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 7, dtype=torch.float64)
+    temperature = 2.5
+    kd_loss(s, t, temperature).backward()
+    expected = temperature * (F.softmax(s / temperature, 1) - F.softmax(t / temperature, 1)) / 4
+    torch.testing.assert_close(s.grad, expected.detach().float().double(), rtol=1e-4, atol=1e-6)
+
+
+def test_full_loss_mixes_terms():
+    s, t, y = torch.randn(5, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    w = KDWeights(alpha=0.25, temperature=1.0, feature_weight=2.0)
+    feats_s, feats_t = [torch.ones(2, 3)], [torch.zeros(2, 3)]
+    expected = 0.25 * kd_loss(s, t, 1.0) + 0.75 * F.cross_entropy(s, y) + 2.0 * 1.0
+    torch.testing.assert_close(distillation_loss(s, t, y, w, feats_s, feats_t), expected)
+
+
+def _student(teacher):
+    student = copy.deepcopy(teacher.model)
+    spec = apply_plan(student, teacher.spec, PrunePlan(keep_heads={0: (0, 1)}, keep_neurons={1: tuple(range(64))},
+                                                         drop_blocks=(2,)))
+    return student, spec
+
+
+def _train_set(teacher):
+    return build_dataset("digits", None, "train", teacher.data_config, augment=True, limit=384)
+
+
+def test_a_few_distillation_steps_lower_the_loss(digits_teacher, tmp_path):
+    student, spec = _student(digits_teacher)
+    config = TrainConfig(epochs=3, batch_size=64, lr=1e-3, warmup_epochs=0, seed=0,
+                         kd=KDWeights(alpha=1.0, temperature=2.0, feature_weight=0.5))
+    result = train(student, _train_set(digits_teacher), None, config, tmp_path, teacher=digits_teacher.model,
+                   feature_sources=[b.source_index for b in spec.blocks], progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0] * 0.9, losses
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 3
+
+
+def test_resume_equals_uninterrupted(digits_teacher, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=64, lr=1e-3, warmup_epochs=0.5, seed=3, max_steps_per_epoch=4)
+    train_set = _train_set(digits_teacher)
+
+    straight, _ = _student(digits_teacher)
+    train(straight, train_set, None, config, tmp_path / "a", teacher=digits_teacher.model, progress=False)
+
+    resumed, _ = _student(digits_teacher)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(resumed, train_set, None, config, tmp_path / "b", teacher=digits_teacher.model, progress=False,
+              should_stop=lambda epoch, step: epoch == 1 and step == 0)
+    fresh, _ = _student(digits_teacher)  # a new process would start from the cut model again
+    train(fresh, train_set, None, config, tmp_path / "b", teacher=digits_teacher.model, progress=False, resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_resume_mid_epoch_equals_uninterrupted(digits_teacher, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, lr=1e-3, warmup_epochs=0, seed=1, max_steps_per_epoch=5)
+    train_set = _train_set(digits_teacher)
+    straight, _ = _student(digits_teacher)
+    train(straight, train_set, None, config, tmp_path / "a", progress=False)
+    part, _ = _student(digits_teacher)
+    with pytest.raises(TrainingInterrupted, match="step 2"):
+        train(part, train_set, None, config, tmp_path / "b", progress=False, should_stop=lambda e, s: s == 2)
+    fresh, _ = _student(digits_teacher)
+    train(fresh, train_set, None, config, tmp_path / "b", progress=False, resume=True)
+    for a, b in zip(straight.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_with_other_settings_is_refused(digits_teacher, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=64, max_steps_per_epoch=2)
+    student, _ = _student(digits_teacher)
+    with pytest.raises(TrainingInterrupted):
+        train(student, _train_set(digits_teacher), None, config, tmp_path, progress=False,
+              should_stop=lambda e, s: e == 1 and s == 0)
+    with pytest.raises(Exception, match="other settings"):
+        train(student, _train_set(digits_teacher), None, TrainConfig(epochs=2, batch_size=32, max_steps_per_epoch=2),
+              tmp_path, progress=False, resume=True)
+    assert ArchSpec.from_model(student).depth == 2
