@@ -140,13 +140,15 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
     accuracy = [_accuracy_row(role, REFERENCE_BACKEND, config.dataset, *reference[role], None) for role in reference]
 
     options = RuntimeOptions(threads=threads, seed=config.seed)
-    latency, speedups, ranges = [], [], {}
+    latency, speedups, ranges, backend_info = [], [], {}, {}
     steps = len(backends) * len(config.batch_sizes) + (len(backends) if loaders else 0)
     with tqdm(total=steps, desc="bench", disable=not config.progress, leave=False) as bar:
         for backend in backends:
             runtimes = _build(backend, models, options, skipped)
             if runtimes:
                 ranges[backend.key] = next(iter(runtimes.values())).batch_range
+                backend_info[backend.key] = {role: {"device": rt.device, "timer": rt.timer.name, **rt.info}
+                                             for role, rt in runtimes.items()}
             for batch in config.batch_sizes:
                 bar.set_postfix_str(f"{backend.key} batch {batch}")
                 lat, spd = _time_batch(backend, runtimes, batch, config.timing, flops_ratio, skipped)
@@ -171,6 +173,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
         config=config.to_dict(),
         environment=environment,
         models=infos,
+        backends=backend_info,
         latency=tuple(latency),
         speedups=tuple(speedups),
         accuracy=tuple(accuracy),

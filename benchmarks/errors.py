@@ -15,3 +15,7 @@ class RuntimeUnavailableError(BenchError):
 
 class GateConfigError(BenchError):
     """A gate file (TOML) or baseline that cannot be read or has a bad entry."""
+
+
+class CompareError(BenchError):
+    """A method comparison that cannot start or continue (bad method list, missing result, unmet target)."""

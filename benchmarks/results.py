@@ -91,6 +91,7 @@ class BenchReport:
     config: dict
     environment: dict
     models: dict[str, ModelInfo]
+    backends: dict[str, dict]  # backend -> model -> how it ran (device, timer, file, threads, providers, ...)
     latency: tuple[LatencyRow, ...]
     speedups: tuple[SpeedupRow, ...]
     accuracy: tuple[AccuracyRow, ...]
@@ -107,6 +108,7 @@ class BenchReport:
             "config": self.config,
             "environment": self.environment,
             "models": {role: m.to_dict() for role, m in self.models.items()},
+            "backends": self.backends,
             "latency": [r.to_dict() for r in self.latency],
             "speedup": [r.to_dict() for r in self.speedups],
             "accuracy": [r.to_dict() for r in self.accuracy],

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,7 +24,7 @@ from compressor.flops import block_macs_of, count_macs, count_params, num_tokens
 from compressor.importance import ScoringLoss, calibration_batches, score
 from compressor.loaded import LoadedModel
 from compressor.planner import Budget, model_cost, plan_depth, plan_width
-from compressor.surgery import apply_plan
+from compressor.surgery import PrunePlan, apply_plan
 from compressor.train import TrainConfig, train
 
 STAGES = ("width", "depth")
@@ -117,6 +118,12 @@ def depth_blocks_for(model, budget: Budget, config: CompressConfig) -> int:
     target = budget.reduction * total
     if "width" not in config.stages:  # depth only: the block count closest to the target
         return min(range(1, depth), key=lambda k: abs(k * per_block - target))
+    smallest = min(_block_cost(b, model, budget.metric) for b in model.blocks)
+    if smallest > target + 0.01 * total:
+        raise BudgetError(
+            f"one block is {smallest / total:.0%} of the teacher's {budget.metric}, more than the {budget} target; "
+            "use --stages width or a larger --reduce"
+        )
     return min(depth - 1, max(1, round(config.depth_share * target / per_block)))
 
 
@@ -245,11 +252,27 @@ def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float
 
 
 def _depth_cut(model, calib, config: CompressConfig, loss, n_depth: int, budget: Budget, reference: float):
-    """Drop the least important blocks; then, if width stages ran, trim width to land on the target."""
+    """Drop the least important blocks; then, if width stages ran, trim width to land on the target.
+
+    With width stages, blocks are taken lowest score first among those that still fit the budget
+    (the target plus 1 point), so depth never overshoots; depth alone takes the `n_depth` lowest.
+    """
     block_scores = score(model, calib, config.block_criterion, loss, seed=config.seed)
-    plan = plan_depth(block_scores, n_depth)
     if "width" not in config.stages:
-        return plan, block_scores
+        return plan_depth(block_scores, n_depth), block_scores
+    room = (budget.reduction + 0.01) * reference - (reference - model_cost(model, budget.metric))
+    chosen = []
+    for i in np.argsort(block_scores.blocks, kind="stable"):
+        cost = _block_cost(model.blocks[int(i)], model, budget.metric)
+        if len(chosen) < n_depth and cost <= room and len(chosen) < len(model.blocks) - 1:
+            chosen.append(int(i))
+            room -= cost
+    if not chosen:
+        raise BudgetError(
+            f"every block costs more than the {budget} budget has left after width pruning; "
+            "use --stages width, a larger --reduce, or a smaller --depth-share"
+        )
+    plan = PrunePlan(drop_blocks=tuple(sorted(chosen)))
     # what the cut would leave: cost of the dropped blocks comes off the current model
     dropped = sum(_block_cost(model.blocks[i], model, budget.metric) for i in plan.drop_blocks)
     removed = reference - model_cost(model, budget.metric) + dropped

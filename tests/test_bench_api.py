@@ -6,16 +6,17 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from test_bench_helpers import tiny_pair
 
 from benchmarks.api import BenchConfig, run_bench
 from benchmarks.command import bench_command
 from benchmarks.errors import BenchError, RuntimeUnavailableError
 from benchmarks.memory import measure_memory
+from benchmarks.model_files import onnx_file
 from benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG, SCHEMA, read_bench_json
 from benchmarks.timing import TimingPolicy
 from compressor.flops import count_macs, count_params
 from compressor.loading import load_model
-from test_bench_helpers import tiny_pair
 
 QUICK = TimingPolicy(warmup_iters=1, warmup_s=0.0, min_iters=3, min_time_s=0.0, max_time_s=5.0)
 
@@ -89,14 +90,20 @@ def test_environment_and_skipped_backends_are_recorded(bench):
     env = data["environment"]
     assert env["threads"] == 1 and env["versions"]["torch"] and env["cpu"]
     assert data["config"]["backends"] == ["torch-cpu", "ort-cpu"]
+    ort = data["backends"]["ort-cpu:fp32"]["student"]
+    assert ort["intra_op_threads"] == 1 and ort["providers"] == ["CPUExecutionProvider"] and ort["timer"] == "perf_counter"
+    assert data["backends"]["torch-cpu:fp32"]["teacher"]["threads"] == 1
     assert any("memory not measured" in n for n in data["notes"])
 
 
 def test_without_teacher_there_is_no_speedup(pair):
     report = run_bench(BenchConfig(student=str(pair[1]), auto_teacher=False, backends=("ort-cpu",),
-                                   batch_sizes=(2,), threads=1, timing=QUICK, memory=False, fvcore=False,
+                                   batch_sizes=(2,), threads=1, timing=QUICK, fvcore=False,
                                    progress=False)).to_dict()
     assert set(report["models"]) == {"student"}
+    [memory] = report["memory"]  # one probe process: the student on ort-cpu, at the largest batch
+    assert (memory["model"], memory["backend"], memory["batch"]) == ("student", "ort-cpu:fp32", 2)
+    assert memory["error"] is None and memory["rss_peak_mb"] >= memory["rss_baseline_mb"] > 0
     assert report["speedup"] == [] and [r["model"] for r in report["latency"]] == ["student"]
     assert any("no teacher" in n for n in report["notes"]) and any("no dataset" in n for n in report["notes"])
 
@@ -126,14 +133,11 @@ def test_config_validation():
         BenchConfig(student="x", batch_sizes=(0,))
 
 
-def test_memory_probe_runs_in_its_own_process(pair, bench):
+def test_memory_probe_runs_in_its_own_process(pair, tmp_path):
+    path, _ = onnx_file(load_model(str(pair[1])), "fp32", tmp_path)
     request = {"runtime": "ort-cpu", "precision": "fp32", "role": "student", "input_size": [3, 32, 32],
-               "batch": 4, "iters": 2, "threads": 1, "source": str(pair[1]),
-               "onnx": str(pair[1].parent / "student-onnx.onnx")}
-    from benchmarks.model_files import onnx_file
-
-    path, _ = onnx_file(load_model(str(pair[1])), "fp32", pair[1].parent / "onnx")
-    result = measure_memory({**request, "onnx": str(path)})
+               "batch": 4, "iters": 2, "threads": 1, "onnx": str(path)}
+    result = measure_memory(request)
     assert result.error is None
     # a fresh process: far below this test process (which holds torch), and the model adds something
     assert 0 < result.rss_baseline_mb <= result.rss_peak_mb < 400

@@ -25,8 +25,8 @@ def test_macs_of_known_vits(name):
 
 def test_fvcore_without_the_sdpa_handle_misses_attention():
     """Why the bench uses the SDPA-aware counter: plain fvcore drops q @ k^T and attn @ v (~8% of ViT-S)."""
-    from fvcore.nn import FlopCountAnalysis
     import torch
+    from fvcore.nn import FlopCountAnalysis
 
     model = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
     with warnings.catch_warnings():

@@ -7,11 +7,11 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from test_bench_helpers import tiny_teacher
 
 from benchmarks.errors import BenchError, RuntimeUnavailableError
 from benchmarks.model_files import onnx_file
 from benchmarks.runtimes import RUNTIMES, BackendSpec, RuntimeOptions, Subject, build_runtime, host_input
-from test_bench_helpers import tiny_teacher
 
 
 def test_unknown_backend_lists_the_valid_ones():

@@ -1,0 +1,90 @@
+"""The command line end to end on tiny models: compress writes an artifact that loads back; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from compressor.artifact import load_artifact, save_artifact
+
+
+@pytest.fixture
+def teacher_dir(trained_digits, tmp_path):
+    return save_artifact(tmp_path / "teacher", trained_digits, {"method": "test teacher"})
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_compress_width_then_depth_writes_a_loadable_artifact(teacher_dir, tmp_path, trained_digits):
+    out = tmp_path / "student"
+    result = _run("compress", "--model", teacher_dir, "--reduce", "flops=0.45", "--epochs", "1",
+                  "--max-steps-per-epoch", "3", "--calib-batches", "2", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "depth + distill" in result.output and "MACs" in result.output
+    record = json.loads((out / "compression.json").read_text())
+    assert [s["name"] for s in record["stages"]] == ["width", "depth"]
+    assert abs(record["result"]["reduction_flops"] - 0.45) < 0.01
+    assert len(record["spec"]["blocks"]) == 2  # one of three blocks removed
+    loaded = load_artifact(out)
+    x = torch.randn(3, 3, 16, 16)
+    again = load_artifact(out)
+    torch.testing.assert_close(loaded.model(x), again.model(x), rtol=0, atol=0)
+    assert (out / "report.md").read_text().startswith("# vitshrink compression report")
+
+
+def test_width_only_lands_on_target(teacher_dir, tmp_path):
+    out = tmp_path / "w"
+    result = _run("compress", "--model", teacher_dir, "--reduce", "params=0.25", "--stages", "width", "--epochs", "0",
+                  "--calib-batches", "2", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "compression.json").read_text())
+    assert abs(record["result"]["reduction_params"] - 0.25) < 0.01
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "vit_tiny_patch16_22"], "unknown model"),
+        (["--model", "/nonexistent/folder/x"], "unknown model"),
+        (["--reduce", "flops=1.2"], "(0, 1)"),
+        (["--reduce", "speed=0.3"], "unknown budget metric"),
+        (["--stages", "width,foo"], "unknown stages"),
+        (["--dataset", "imagefolder", "--data-dir", "/nonexistent", "--model", "vit_tiny_patch16_224"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["compress", *args, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_impossible_budget_says_so(teacher_dir, tmp_path):
+    result = CliRunner().invoke(main, ["compress", "--model", str(teacher_dir), "--reduce", "flops=0.97", "--stages",
+                                       "width", "--epochs", "0", "--calib-batches", "1", "--out", str(tmp_path / "o"),
+                                       "--no-progress"])
+    assert result.exit_code == 1
+    assert "at most" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_depth_that_cannot_fit_is_refused_before_any_work(teacher_dir, tmp_path):
+    """Each of the three blocks is about a third of the FLOPs: a 20% target leaves no room for one."""
+    result = CliRunner().invoke(main, ["compress", "--model", str(teacher_dir), "--reduce", "flops=0.2",
+                                       "--calib-batches", "1", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 1
+    assert "one block is" in result.output and "--stages width" in result.output
+
+
+def test_help_lists_every_command():
+    result = _run("--help")
+    for command in ("compress", "finetune", "export", "bench", "gate"):
+        assert command in result.output
+    assert "--reduce" in _run("compress", "--help").output
