@@ -156,7 +156,8 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def compress(**kw) -> None:
     """Prune a teacher to a FLOPs/params budget and distill it back (the paper's staged method)."""
-    from compressor.jobs import CompressJob, compress as run
+    from compressor.jobs import CompressJob
+    from compressor.jobs import compress as run
 
     stages = [s.strip() for s in kw["stages"].split(",") if s.strip()]
     if "width" in stages and kw["width_steps"] > 1:
@@ -192,7 +193,8 @@ def compress(**kw) -> None:
 @click.option("--no-progress", is_flag=True)
 def finetune(**kw) -> None:
     """Train or fine-tune a teacher on a dataset, saved in the artifact format (input to compress)."""
-    from compressor.jobs import FinetuneJob, finetune as run
+    from compressor.jobs import FinetuneJob
+    from compressor.jobs import finetune as run
 
     job = FinetuneJob(model=kw["model"], out=kw["out"], train=_train_config(kw, label_smoothing=kw["label_smoothing"]),
                       data=_data_options(kw), model_args=kw["model_args"], checkpoint=kw["checkpoint"],

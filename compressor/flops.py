@@ -79,7 +79,9 @@ def _sdpa_macs(inputs, outputs) -> int:
 
 def count_macs_fvcore(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """MACs per image by fvcore's tracer, with the SDPA op counted."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import warns about torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
 
     device = next(model.parameters()).device
     x = torch.zeros(1, *input_size, device=device)

@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
-from compressor.artifact import CONFIG_FILE, WEIGHTS_FILE, _parse_config, is_artifact, load_artifact, load_state_dict_strict
+from compressor.artifact import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    _parse_config,
+    is_artifact,
+    load_artifact,
+    load_state_dict_strict,
+)
 from compressor.errors import ArtifactError, ModelSourceError
 from compressor.loaded import LoadedModel
 from compressor.spec import ArchSpec

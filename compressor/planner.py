@@ -98,7 +98,7 @@ class WidthPlan:
         return (self.already_removed + self.removed) / self.reference_total
 
     def describe(self) -> str:
-        rows = [f"  block {i}: {h} heads, MLP {m}" for i, (h, m) in enumerate(zip(self.heads_kept, self.neurons_kept))]
+        rows = [f"  block {i}: {h} heads, MLP {m}" for i, (h, m) in enumerate(zip(self.heads_kept, self.neurons_kept, strict=True))]
         return f"width plan ({self.metric} -{self.achieved:.1%} vs teacher):\n" + "\n".join(rows)
 
 

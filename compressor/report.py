@@ -26,7 +26,7 @@ def report_rows(report: CompressReport) -> list[tuple[str, ...]]:
 
 def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> str:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 

@@ -15,6 +15,7 @@ from benchmarks.compare_methods import main
 from benchmarks.compare_report import COMPARE_JSON, COMPARE_MD, COMPARE_PNG, summary_rows
 from compressor.artifact import load_artifact, save_artifact
 from compressor.flops import count_macs
+from compressor.planner import unit_costs
 
 METHODS = ("vitshrink", "l1", "random", "width-only", "scratch")
 # --quick, made smaller still: 2 steps per epoch, 1 calibration batch, 120 eval images; at -40% FLOPs,
@@ -91,10 +92,16 @@ def test_scratch_trains_vitshrinks_architecture(quick):
     assert not torch.equal(scratch.blocks[0].attn.qkv.weight, vitshrink.blocks[0].attn.qkv.weight)
 
 
-def test_width_methods_land_on_the_budget(quick):
+def test_width_methods_land_on_the_budget(quick, trained_digits):
     rows = _rows(quick[1])
-    for m in ("vitshrink", "l1", "random", "width-only"):
+    for m in ("vitshrink", "l1", "width-only"):
         assert abs(rows[m]["reduction_flops"] - TARGET) <= 0.01, (m, rows[m]["reduction_flops"])
+    # the last unit the planner removes may be a whole head, 2.9% of this tiny teacher's MACs (about 1% of
+    # the CIFAR teacher's): a method is never short of the target and over it by at most one head
+    head = unit_costs(trained_digits.model, "flops").head[0] / count_macs(trained_digits.model)
+    assert head > 0.01
+    for m in ("vitshrink", "l1", "random", "width-only"):
+        assert TARGET - 0.01 <= rows[m]["reduction_flops"] <= TARGET + max(head, 0.01), (m, rows[m]["reduction_flops"])
 
 
 def test_resume_skips_finished_rows_and_refuses_other_settings(quick, teacher_dir):

@@ -37,7 +37,7 @@ def test_taylor_tracks_exact_ablation_on_a_trained_model(digits_teacher, digits_
     taylor = score(digits_teacher.model, digits_calib, "taylor")
     exact = score(digits_teacher.model, digits_calib, "ablation")
     rho_heads = spearmanr(np.concatenate(taylor.heads), np.concatenate(exact.heads)).statistic
-    # measured 0.84 on this fixture; the reference CIFAR-10 teacher gives 0.70 (see README)
+    # a loose bound: the point is that Taylor ranks heads like the exact loss change does
     assert rho_heads > 0.5, rho_heads
     assert all((h >= 0).all() for h in taylor.heads)
     assert exact.blocks.shape == (3,) and taylor.neurons[0].shape == (256,)
