@@ -71,8 +71,9 @@ def data_options(f):
 def train_options(default_epochs: int, default_lr: float):
     def deco(f):
         opts = [
-            click.option("--epochs", type=click.IntRange(min=0), default=default_epochs, show_default=True,
-                         help="Training epochs (per distillation stage for compress; 0 = no distillation)."),
+            click.option("--epochs", type=click.IntRange(min=0), default=None,
+                         help=f"Training epochs (per distillation stage for compress; 0 = no distillation) "
+                              f"[default: {default_epochs}; 10 on digits]."),
             click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
             click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak AdamW learning rate."),
             click.option("--weight-decay", type=float, default=0.05, show_default=True),
@@ -91,9 +92,11 @@ def train_options(default_epochs: int, default_lr: float):
     return deco
 
 
-def _train_config(kw: dict, **extra) -> TrainConfig:
+def _train_config(kw: dict, default_epochs: int, **extra) -> TrainConfig:
+    # digits is tiny (1,437 training images): more passes cost seconds and are needed to recover
+    epochs = kw["epochs"] if kw["epochs"] is not None else (10 if kw["dataset"] == "digits" else default_epochs)
     return TrainConfig(
-        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
+        epochs=epochs, batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
         warmup_epochs=kw["warmup_epochs"], max_steps_per_epoch=kw["max_steps_per_epoch"], amp=kw["amp"],
         seed=kw["seed"], num_workers=kw["workers"], **extra,
     )
@@ -168,7 +171,7 @@ def compress(**kw) -> None:
             budget=kw["budget"], stages=tuple(stages), depth_share=kw["depth_share"], depth_blocks=kw["depth_blocks"],
             criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
-            train=_train_config(kw, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
+            train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
         )
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
@@ -196,7 +199,7 @@ def finetune(**kw) -> None:
     from compressor.jobs import FinetuneJob
     from compressor.jobs import finetune as run
 
-    job = FinetuneJob(model=kw["model"], out=kw["out"], train=_train_config(kw, label_smoothing=kw["label_smoothing"]),
+    job = FinetuneJob(model=kw["model"], out=kw["out"], train=_train_config(kw, 10, label_smoothing=kw["label_smoothing"]),
                       data=_data_options(kw), model_args=kw["model_args"], checkpoint=kw["checkpoint"],
                       pretrained=kw["pretrained"], resume=kw["resume"], progress=not kw["no_progress"])
     run(job, log=click.echo)

@@ -178,9 +178,12 @@ def run_compress(
         if stage == "width":
             step = config.stages[: index + 1].count("width")
             target = width_target * step / n_width
-            plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before)
+            width_plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before)
+            plan = width_plan.plan
+            log(width_plan.describe())
         else:
             plan, scores = _depth_cut(model, calib, config, loss, n_depth, budget, reference)
+            log(f"depth plan: remove blocks {list(plan.drop_blocks)} (block scores {scores.blocks.round(4).tolist()})")
         spec = apply_plan(model, current.spec, plan)
         after_cut = _metrics(model, data.eval_loader, device)
         log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - model_cost(model, metric) / reference:.1%}, "
@@ -241,14 +244,11 @@ def _width_target(model, config: CompressConfig, n_depth: int, reference: float)
 
 def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float, reference: float, already: float):
     scores = score(model, calib, config.criterion, loss, seed=config.seed)
-    if target_removed <= 0:
-        return plan_width(model, scores, metric=config.budget.metric, target_removed=0.0,
-                          reference_total=reference, already_removed=already).plan, scores
     plan = plan_width(
-        model, scores, metric=config.budget.metric, target_removed=target_removed, reference_total=reference,
-        already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
+        model, scores, metric=config.budget.metric, target_removed=max(0.0, target_removed),
+        reference_total=reference, already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
     )
-    return plan.plan, scores
+    return plan, scores
 
 
 def _depth_cut(model, calib, config: CompressConfig, loss, n_depth: int, budget: Budget, reference: float):

@@ -27,6 +27,7 @@ def test_compress_width_then_depth_writes_a_loadable_artifact(teacher_dir, tmp_p
                   "--max-steps-per-epoch", "3", "--calib-batches", "2", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "depth + distill" in result.output and "MACs" in result.output
+    assert "width plan (flops" in result.output and "depth plan: remove blocks" in result.output
     record = json.loads((out / "compression.json").read_text())
     assert [s["name"] for s in record["stages"]] == ["width", "depth"]
     assert abs(record["result"]["reduction_flops"] - 0.45) < 0.01
@@ -88,3 +89,17 @@ def test_help_lists_every_command():
     for command in ("compress", "finetune", "export", "bench", "gate"):
         assert command in result.output
     assert "--reduce" in _run("compress", "--help").output
+
+
+def test_finetune_writes_a_teacher_artifact(tmp_path):
+    out = tmp_path / "teacher"
+    result = _run("finetune", "--model", "vit_tiny_patch16_224", "--model-arg", "img_size=16", "--model-arg", "patch_size=4",
+                  "--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
+                  "--dataset", "digits", "--epochs", "1", "--train-limit", "128", "--batch-size", "32",
+                  "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "resetting the classifier: 1000 -> 10 classes" in result.output
+    loaded = load_artifact(out)
+    assert loaded.model.num_classes == 10 and loaded.input_size == (3, 16, 16)
+    record = json.loads((out / "compression.json").read_text())
+    assert len(record["history"]) == 1 and 0.0 <= record["result"]["top1"] <= 1.0
