@@ -25,15 +25,15 @@ from benchmarks.methods import METHODS, MethodContext, get_method, metrics
 from benchmarks.timing import TimingPolicy
 from compressor.artifact import is_artifact, load_artifact, save_artifact
 from compressor.atomic import write_json_atomic
-from compressor.data import build_dataset, build_loader
 from compressor.flops import count_macs, count_params
-from compressor.jobs import DataOptions
+from compressor.jobs import DataOptions, build_compress_data
 from compressor.loaded import LoadedModel
 from compressor.loading import load_model
 from compressor.pipeline import CompressConfig, CompressData
 
 SCHEMA = 1
 ROWS_DIR = "rows"
+RUN_JSON = "run.json"  # the settings of the latest run in this folder (checked by resume)
 TEACHER_DIR = "teacher"  # a copy of the teacher with its ONNX graph, exported once for every latency run
 LATENCY_BACKEND = "ort-cpu"
 IGNORED_BENCH_NOTES = ("no dataset", "memory not measured", "the machine was busy")
@@ -100,17 +100,7 @@ class CompareConfig:
 
 def build_data(teacher: LoadedModel, opts: DataOptions, paper: CompressConfig, eval_batch: int) -> CompressData:
     """The training set (augmented), calibration loader and evaluation loader every method shares."""
-    def split(name: str, augment: bool, limit: int | None, seed: int):
-        return build_dataset(opts.dataset, opts.data_dir, name, teacher.data_config, augment=augment,
-                             download=opts.download, limit=limit, seed=seed)
-
-    calib = split("train", False, paper.calib_batches * paper.calib_batch_size, opts.seed + 1)
-    return CompressData(
-        train_set=split("train", True, opts.train_limit, opts.seed),
-        calib_loader=build_loader(calib, paper.calib_batch_size),
-        eval_loader=build_loader(split("eval", False, opts.eval_limit, opts.seed), eval_batch,
-                                 num_workers=opts.num_workers),
-    )
+    return build_compress_data(teacher, opts, paper, eval_batch)
 
 
 def row_path(out_dir: Path, method: str, seed: int) -> Path:
@@ -127,6 +117,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] | None = None)
     out = Path(config.out_dir)
     fingerprint = config.fingerprint()
     _check_needs(config)
+    _claim_folder(config, out, fingerprint)
     teacher = load_model(config.teacher)
     data = build_data(teacher, config.data, config.paper, config.eval_batch)
     teacher_row = {"params": count_params(teacher.model), "macs": count_macs(teacher.model),
@@ -167,13 +158,32 @@ def _ratio_text(row: dict) -> str:
 
 
 def _check_needs(config: CompareConfig) -> None:
-    """Check, then act: a method that reads another's result needs it in this run or on disk."""
+    """Check, then act: every optional package is there, and a method that reads another's result
+    finds it in this run or on disk."""
     for name in config.methods:
+        reason = get_method(name).missing()
+        if reason:
+            raise CompareError(f"{reason}; or leave {name} out of the methods")
         for need in get_method(name).needs:
             missing = [s for s in config.seeds if not row_path(config.out_dir, need, s).is_file()]
             if need not in config.methods and missing:
                 raise CompareError(f"{name} reads the {need} result of the same seed, and {config.out_dir} has none "
                                    f"for seeds {missing}: add {need} to the methods")
+
+
+def _claim_folder(config: CompareConfig, out: Path, fingerprint: str) -> None:
+    """Record the settings in `out/run.json`; with resume, refuse a folder made with other settings.
+
+    The pipeline reuses finished stage artifacts on resume without comparing settings, so a half-finished
+    method of another configuration must not be continued.
+    """
+    path = out / RUN_JSON
+    if config.resume and path.is_file():
+        recorded = json.loads(path.read_text()).get("fingerprint")
+        if recorded != fingerprint:
+            raise CompareError(f"{out} holds a comparison made with other settings (fingerprint {recorded!r}, now "
+                               f"{fingerprint!r}); rerun with the same options, or without --resume, or another --out")
+    write_json_atomic(path, {"schema": SCHEMA, "fingerprint": fingerprint, "config": config.to_dict()})
 
 
 def _earlier(config: CompareConfig, rows: dict, name: str, seed: int) -> dict[str, dict]:

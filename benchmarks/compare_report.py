@@ -164,8 +164,9 @@ def save_plot(data: dict, path: Path) -> Path:
     ax.scatter([t["macs"] / 1e6], [t["top1"] * 100], marker="*", s=220, color="black", label="teacher", zorder=3)
     for i, (name, s) in enumerate(data["summary"].items()):
         x, y = s["macs"]["mean"] / 1e6, s["final_top1"]["mean"] * 100
-        err = [[y - s["final_top1"]["min"] * 100], [s["final_top1"]["max"] * 100 - y]]
-        xerr = [[x - s["macs"]["min"] / 1e6], [s["macs"]["max"] / 1e6 - x]]
+        several = s["final_top1"]["n"] > 1  # bars only where there is a spread to show
+        err = [[y - s["final_top1"]["min"] * 100], [s["final_top1"]["max"] * 100 - y]] if several else None
+        xerr = [[x - s["macs"]["min"] / 1e6], [s["macs"]["max"] / 1e6 - x]] if several else None
         ax.errorbar([x], [y], yerr=err, xerr=xerr, fmt=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", capsize=3,
                     markersize=8, markerfacecolor="none", label=name, zorder=2)
         # methods often land on the same point: stagger the labels so each stays readable

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import timm
+import torch
 from torch import nn
 
 from benchmarks.errors import CompareError
+from benchmarks.tp_baseline import INSTALL_HINT as TP_INSTALL_HINT  # torch_pruning is imported there lazily
+from benchmarks.tp_baseline import import_torch_pruning, tp_prune
 from compressor.artifact import is_artifact, load_artifact, save_artifact
 from compressor.evaluate import evaluate
+from compressor.flops import count_macs, count_params
 from compressor.importance import calibration_batches
 from compressor.loaded import LoadedModel
 from compressor.pipeline import CompressConfig, CompressData, StageRecord, run_compress
@@ -65,14 +70,22 @@ class Method:
     description: str
     run: Callable[[MethodContext], MethodOutcome]
     needs: tuple[str, ...] = ()  # methods whose result (same seed) this one reads
+    requires: tuple[tuple[str, str], ...] = ()  # (optional module, install hint) it imports
+
+    def missing(self) -> str | None:
+        """Why this method cannot run here (an optional package is missing), or None."""
+        for module, hint in self.requires:
+            if importlib.util.find_spec(module) is None:
+                return f"{self.name} needs the {module} package: {hint}"
+        return None
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, description: str, needs: tuple[str, ...] = ()):
+def register(name: str, description: str, needs: tuple[str, ...] = (), requires: tuple[tuple[str, str], ...] = ()):
     def wrap(fn: Callable[[MethodContext], MethodOutcome]):
-        METHODS[name] = Method(name, description, fn, needs)
+        METHODS[name] = Method(name, description, fn, needs, requires)
         return fn
 
     return wrap
@@ -147,6 +160,9 @@ def _train_and_save(ctx: MethodContext, loaded: LoadedModel, stage: dict, *, dis
     """Train `loaded.model` for the whole budget (from the teacher or from labels), save, return the outcome."""
     config = ctx.train_config(ctx.total_epochs)
     final = stage["after_cut"]
+    model, reference = loaded.model, ctx.teacher.model
+    stage = {**stage, "reduction_flops": round(1 - count_macs(model) / count_macs(reference), 5),
+             "reduction_params": round(1 - count_params(model) / count_params(reference), 5)}
     if config.epochs > 0:
         result = train(loaded.model, ctx.data.train_set, ctx.data.eval_loader, config, ctx.folder / "train",
                        teacher=ctx.teacher.model if distill else None, resume=ctx.resume, progress=ctx.progress,
@@ -158,10 +174,9 @@ def _train_and_save(ctx: MethodContext, loaded: LoadedModel, stage: dict, *, dis
     return MethodOutcome(out, (stage,), final, {"train": config.to_dict(), **record.get("config", {})})
 
 
-@register("torch-pruning", "Torch-Pruning GroupTaylor + global BasePruner (heads and MLP channels), then distillation")
+@register("torch-pruning", "Torch-Pruning GroupTaylor + global BasePruner (heads and MLP channels), then distillation",
+          requires=(("torch_pruning", TP_INSTALL_HINT),))
 def _torch_pruning(ctx: MethodContext) -> MethodOutcome:
-    from benchmarks.tp_baseline import import_torch_pruning, tp_prune
-
     import_torch_pruning()  # fails here, before any work, with the install hint
     budget = ctx.paper.budget
     cut_dir = ctx.folder / "cut"
@@ -191,8 +206,6 @@ def _torch_pruning(ctx: MethodContext) -> MethodOutcome:
 @register("scratch", "vitshrink's final architecture, freshly initialised, trained on labels for the whole budget",
           needs=("vitshrink",))
 def _scratch(ctx: MethodContext) -> MethodOutcome:
-    import torch
-
     row = ctx.earlier.get("vitshrink")
     if row is None:
         raise CompareError("scratch trains vitshrink's final architecture: include vitshrink in --methods "

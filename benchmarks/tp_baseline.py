@@ -1,6 +1,7 @@
 """The Torch-Pruning baseline: group-Taylor global pruning of heads and MLP channels, tuned to a budget.
 
-Follows Torch-Pruning's timm ViT example (examples/transformers/prune_timm_vit.py, v1.6.1):
+Follows Torch-Pruning's timm ViT example (examples/transformers/prune_timm_vit.py), on the API of
+torch-pruning 1.6.1:
 `GroupTaylorImportance`, `BasePruner` with `global_pruning=True`, `num_heads={qkv: heads}`,
 `prune_num_heads=True`, `prune_head_dims=False`, `round_to=1`, gradients of the cross-entropy
 accumulated over the calibration batches before `step()`. Two choices differ from the example, so

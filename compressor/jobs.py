@@ -76,19 +76,29 @@ def _datasets(loaded: LoadedModel, opts: DataOptions, augment: bool):
     return train_set, eval_set
 
 
+def build_compress_data(teacher: LoadedModel, opts: DataOptions, config: CompressConfig,
+                        eval_batch: int = 256) -> CompressData:
+    """The augmented training set, the calibration batches' loader and the evaluation loader."""
+
+    def split(name: str, augment: bool, limit: int | None, seed: int):
+        return build_dataset(opts.dataset, opts.data_dir, name, teacher.data_config, augment=augment,
+                             download=opts.download, limit=limit, seed=seed)
+
+    calib = split("train", False, config.calib_batches * config.calib_batch_size, opts.seed + 1)
+    return CompressData(
+        train_set=split("train", True, opts.train_limit, opts.seed),
+        calib_loader=build_loader(calib, config.calib_batch_size),
+        eval_loader=build_loader(split("eval", False, opts.eval_limit, opts.seed), eval_batch,
+                                 num_workers=opts.num_workers),
+    )
+
+
 def compress(job: CompressJob, log=print) -> CompressReport:
     """Load the teacher, build the data, run the stages, write the artifact and the report."""
     device = ddp.init_from_env()
     teacher = default_teacher(log=log, progress=job.progress) if job.model is None else load_model(
         job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
-    train_set, eval_set = _datasets(teacher, job.data, augment=True)
-    calib_set = build_dataset(job.data.dataset, job.data.data_dir, "train", teacher.data_config,
-                              limit=job.config.calib_batches * job.config.calib_batch_size, seed=job.data.seed + 1)
-    data = CompressData(
-        train_set=train_set,
-        calib_loader=build_loader(calib_set, job.config.calib_batch_size),
-        eval_loader=build_loader(eval_set, 256, num_workers=job.data.num_workers),
-    )
+    data = build_compress_data(teacher, job.data, job.config)
     work_dir = job.work_dir or job.out.with_name(job.out.name + ".work")
     main_log = log if ddp.is_main() else (lambda *a, **k: None)
     report = run_compress(teacher, data, job.config, job.out, work_dir, resume=job.resume, device=device,

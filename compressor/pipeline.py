@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +145,12 @@ def run_compress(
     device: str = "cpu",
     progress: bool = True,
     log=print,
+    teacher_metrics: dict | None = None,
 ) -> CompressReport:
-    """Compress `teacher` to `config.budget` and write the artifact to `out_dir`."""
+    """Compress `teacher` to `config.budget` and write the artifact to `out_dir`.
+
+    `teacher_metrics` (top1, top5, loss on `data.eval_loader`) skips re-evaluating the teacher.
+    """
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     budget, metric = config.budget, config.budget.metric
     t_model = teacher.model.to(device).eval()
@@ -153,7 +158,7 @@ def run_compress(
     teacher_row = {
         "params": count_params(t_model),
         "macs": count_macs(t_model),
-        **_metrics(t_model, data.eval_loader, device),
+        **(teacher_metrics or _metrics(t_model, data.eval_loader, device)),
     }
     log(f"teacher: {teacher_row['params'] / 1e6:.3f} M params, {teacher_row['macs'] / 1e6:.1f} M MACs, "
         f"top-1 {teacher_row['top1']:.2%}")
@@ -167,6 +172,11 @@ def run_compress(
         stage_dir = work_dir / f"stage{index + 1}-{stage}"
         if resume and is_artifact(stage_dir / "artifact"):
             current = load_artifact(stage_dir / "artifact")
+            if current.compression.get("config") != json.loads(json.dumps(config.to_dict())):
+                raise BudgetError(
+                    f"{stage_dir / 'artifact'} was made with other settings; rerun with the same options, "
+                    "or without --resume (or another --work-dir) to start over"
+                )
             current.model.to(device)
             records.append(StageRecord(**current.compression["stage"]))
             log(f"stage {index + 1} ({stage}): finished earlier, loaded from {stage_dir / 'artifact'}")
@@ -195,7 +205,12 @@ def run_compress(
                 teacher=t_model, feature_sources=[b.source_index for b in spec.blocks],
                 resume=resume, device=device, progress=progress, desc=f"distill ({stage})",
             )
-        after = _metrics(model, data.eval_loader, device) if result else None
+        after = None
+        if result:  # train() evaluated the final student on the same loader; no second pass
+            last = result.final
+            after = ({"top1": round(last["eval_top1"], 5), "top5": round(last["eval_top5"], 5),
+                      "loss": round(last["eval_loss"], 5)} if "eval_top1" in last and not config.train.amp
+                     else _metrics(model, data.eval_loader, device))
         record = StageRecord(
             name=stage,
             params=count_params(model),
@@ -215,7 +230,7 @@ def run_compress(
         records.append(record)
         current = dataclasses.replace(current, model=model, spec=spec, compression=None)
         if ddp.is_main():
-            save_artifact(stage_dir / "artifact", current, {"stage": record.to_dict()})
+            save_artifact(stage_dir / "artifact", current, {"stage": record.to_dict(), "config": config.to_dict()})
         ddp.barrier()
         if after:
             log(f"stage {index + 1} ({stage}) distilled: top-1 {after['top1']:.2%} after {config.train.epochs} epochs")

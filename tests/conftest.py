@@ -27,6 +27,7 @@ def tiny_vit(**overrides) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory):
     """A tiny ViT trained on digits for a few epochs (a model whose importance scores mean something)."""
+    torch.manual_seed(0)
     loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
     train_set = build_dataset("digits", None, "train", loaded.data_config, augment=False)
     config = TrainConfig(epochs=6, batch_size=64, lr=3e-3, warmup_epochs=1, seed=0)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from benchmarks.compare import SCHEMA, row_path, summarize
 from benchmarks.compare_methods import main
 from benchmarks.compare_report import COMPARE_JSON, COMPARE_MD, COMPARE_PNG, summary_rows
+from benchmarks.methods import METHODS as METHODS_REGISTRY
 from compressor.artifact import load_artifact, save_artifact
 from compressor.data import build_dataset, build_loader
 from compressor.flops import count_macs
@@ -140,6 +141,14 @@ def test_scratch_without_vitshrink_is_refused_before_any_work(teacher_dir, tmp_p
     assert not any(tmp_path.iterdir())
 
 
+def test_a_missing_optional_package_is_reported_before_any_work(teacher_dir, tmp_path, monkeypatch):
+    method = dataclasses.replace(METHODS_REGISTRY["torch-pruning"], requires=(("no_such_module_xyz", "pip install xyz"),))
+    monkeypatch.setitem(METHODS_REGISTRY, "torch-pruning", method)
+    result = _run("--teacher", teacher_dir, *TINY, "--methods", "vitshrink,torch-pruning", "--out", tmp_path)
+    assert result.exit_code == 1 and "no_such_module_xyz" in result.output and "pip install xyz" in result.output
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_method_lists_the_valid_ones(teacher_dir, tmp_path):
     result = _run("--teacher", teacher_dir, "--methods", "vitshrink,magic", "--out", tmp_path)
     assert result.exit_code == 2 and "magic" in result.output and "torch-pruning" in result.output
@@ -178,7 +187,7 @@ def _kept(pruned_rows: torch.Tensor, original_rows: torch.Tensor, size: int) -> 
 
 
 def test_torch_pruning_cut_equals_the_teacher_with_removed_parts_zeroed(teacher, tmp_path):
-    pytest.importorskip("torch_pruning")
+    pytest.importorskip("torch_pruning", reason="Torch-Pruning is optional: pip install -e '.[experiments]'")
     from benchmarks.tp_baseline import tp_prune
 
     calib_set = build_dataset("digits", None, "train", teacher.data_config, limit=128, seed=1)
@@ -213,7 +222,7 @@ def test_torch_pruning_cut_equals_the_teacher_with_removed_parts_zeroed(teacher,
 
 
 def test_torch_pruning_method_end_to_end(teacher_dir, tmp_path):
-    pytest.importorskip("torch_pruning")
+    pytest.importorskip("torch_pruning", reason="Torch-Pruning is optional: pip install -e '.[experiments]'")
     result = _run("--teacher", teacher_dir, *TINY, "--methods", "torch-pruning", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     [row] = json.loads((tmp_path / COMPARE_JSON).read_text())["rows"]
