@@ -146,7 +146,7 @@ def main() -> None:
 @click.option("--min-heads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
               help="Kept MLP widths are multiples of this.")
-@train_options(default_epochs=3, default_lr=5e-4)
+@train_options(default_epochs=3, default_lr=1e-4)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True,
               help="Weight of the soft KD term (1 - alpha on labels).")
 @click.option("--temperature", type=click.FloatRange(min=0.1), default=2.0, show_default=True)

@@ -66,8 +66,8 @@ def _budget(ctx, param, value: str):
 @click.option("--calib-batches", type=click.IntRange(min=1), default=None,
               help="Calibration batches of 64 images for scoring [default 16; --quick 2].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
-              help="Peak AdamW learning rate of every training run.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Peak AdamW learning rate of every distillation run (scratch uses 2e-3, the teacher recipe).")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
               help="Cap each epoch at N steps [default: none; --quick 4].")
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast in training.")

@@ -156,9 +156,16 @@ def _as_loaded(teacher: LoadedModel, model: nn.Module, spec: ArchSpec | None = N
                                compression=None)
 
 
+# Training from random weights needs a from-scratch learning rate, not the recovery rate distillation
+# uses: scratch gets the reference teacher's own recipe (2e-3, ../shared/models/cifar10-vit/training.json).
+SCRATCH_LR = 2e-3
+
+
 def _train_and_save(ctx: MethodContext, loaded: LoadedModel, stage: dict, *, distill: bool, record: dict) -> MethodOutcome:
     """Train `loaded.model` for the whole budget (from the teacher or from labels), save, return the outcome."""
     config = ctx.train_config(ctx.total_epochs)
+    if not distill:
+        config = dataclasses.replace(config, lr=SCRATCH_LR)
     final = stage["after_cut"]
     model, reference = loaded.model, ctx.teacher.model
     stage = {**stage, "reduction_flops": round(1 - count_macs(model) / count_macs(reference), 5),
