@@ -61,6 +61,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))
+        for f in tmp.rglob("*"):  # some writers (safetensors) create 0600 files
+            if f.is_file():
+                os.chmod(f, _umask_mode(0o666))
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             old.rmdir()
