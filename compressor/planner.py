@@ -3,7 +3,8 @@
 Width: heads and groups of `round_to` MLP neurons are the units. Each unit has a cost (its params or
 MACs, exactly what removing it saves) and a score (the loss it is estimated to add). Units are removed
 cheapest-per-cost first (score / cost, so cost-aware) across all blocks, until the removed cost reaches
-the target; within a block the lowest-scored head or neuron group always goes first. At least
+the target; within a block the lowest-scored head or neuron group always goes first. Near the target, a
+unit that would overshoot it by more than half a point gives way to finer units. At least
 `min_heads` heads and `round_to` neurons stay in every block; kept MLP widths are multiples of
 `round_to` (when the original width is).
 Depth: the lowest-scored blocks are removed; never the last one.
@@ -143,8 +144,20 @@ def plan_width(
     heap = [c for i in range(depth) for c in (head_candidate(i), group_candidate(i)) if c is not None]
     heapq.heapify(heap)
     removed = 0.0
-    while removed < target_removed and heap:
-        _, kind, i, cost = heapq.heappop(heap)
+    # a unit that would overshoot the target by more than half a point is set aside while finer
+    # units (neuron groups) can still close the gap; it is taken only if nothing else remains
+    slack = 0.005 * reference_total
+    set_aside: list = []
+    while removed < target_removed and (heap or set_aside):
+        if heap:
+            unit = heapq.heappop(heap)
+            if removed + unit[3] - target_removed > slack:
+                set_aside.append(unit)
+                continue
+        else:
+            unit = min(set_aside, key=lambda u: u[3])
+            set_aside.remove(unit)
+        _, kind, i, cost = unit
         if kind == "head":
             removed_heads[i].append(int(head_order[i][len(removed_heads[i])]))
             nxt = head_candidate(i)

@@ -57,6 +57,7 @@ def test_baselines_and_unknown_criterion(digits_teacher, digits_calib):
     np.testing.assert_array_equal(r1.heads[0], r2.heads[0])
     l1 = score(digits_teacher.model, digits_calib, "l1")
     w = digits_teacher.model.blocks[0].mlp
-    assert l1.neurons[0][5] == pytest.approx(float(w.fc1.weight[5].abs().sum() + w.fc2.weight[:, 5].abs().sum()), rel=1e-5)
+    expected = (w.fc1.weight[5].abs().sum() + w.fc2.weight[:, 5].abs().sum()).item()
+    assert l1.neurons[0][5] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(VitShrinkError, match="taylor"):
         score(digits_teacher.model, digits_calib, "hessian")

@@ -10,7 +10,7 @@ import timm
 
 from compressor.errors import BudgetError
 from compressor.importance import Scores
-from compressor.planner import Budget, model_cost, plan_depth, plan_width
+from compressor.planner import Budget, model_cost, plan_depth, plan_width, unit_costs
 from compressor.spec import ArchSpec
 from compressor.surgery import apply_plan
 
@@ -58,13 +58,26 @@ def test_pure_and_printable():
     assert "block 1:" in plan.describe()
 
 
-def test_cost_aware_prefers_cheap_losses():
-    """Equal score per unit: a neuron group is cheaper than a head, so equal scores remove neurons first."""
+def test_cost_aware_ranks_by_loss_per_cost():
+    """A head adds 12x the loss of a neuron group but saves ~160x its MACs: cost-aware removes the head first."""
     model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=1)
-    scores = Scores("s", (np.full(6, 1.0),), (np.full(1536, 1.0),), np.ones(1))
+    scores = Scores("s", (np.array([10.0, 20, 20, 20, 20, 20]),), (np.full(1536, 0.1),), np.ones(1))
     total = model_cost(model, "flops")
-    plan = plan_width(model, scores, metric="flops", target_removed=0.05 * total, reference_total=total)
-    assert plan.heads_kept == (6,) and plan.neurons_kept[0] < 1536
+    one_head = unit_costs(model, "flops").head[0]
+    plan = plan_width(model, scores, metric="flops", target_removed=one_head, reference_total=total)
+    assert plan.heads_kept == (5,) and plan.neurons_kept == (1536,)
+    assert plan.plan.keep_heads[0] == (1, 2, 3, 4, 5)
+
+
+def test_coarse_units_do_not_overshoot_when_finer_ones_can_land():
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=2)
+    # heads look useless, so a loss-only greedy would overshoot with a whole head at the end
+    scores = Scores("s", tuple(np.full(6, 1e-9) for _ in range(2)), tuple(np.full(1536, 1e-3) for _ in range(2)),
+                    np.ones(2))
+    total = model_cost(model, "flops")
+    for target in (0.05, 0.13, 0.27):
+        plan = plan_width(model, scores, metric="flops", target_removed=target * total, reference_total=total)
+        assert 0 <= plan.achieved - target <= 0.005, (target, plan.achieved)
 
 
 def test_impossible_budgets_say_why():
