@@ -143,8 +143,10 @@ def train(
         p.requires_grad_(True)
     if teacher is not None:
         teacher.to(device).eval()  # frozen: only ever run under no_grad below
-    decay = [p for n, p in student.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+    decay, no_decay = [], []
+    for name, param in student.named_parameters():  # no decay on biases, norms, position embedding, tokens
+        decays = param.ndim > 1 and "pos_embed" not in name and "token" not in name
+        (decay if decays else no_decay).append(param)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
