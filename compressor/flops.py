@@ -38,16 +38,33 @@ def block_macs(n: int, dim: int, heads: int, head_dim: int, hidden: int, norms: 
     return qkv + scores + mix + proj + mlp + norms * 5 * n * dim
 
 
-def block_macs_of(block: nn.Module, n: int) -> int:
+def block_macs_of(block: nn.Module, n: int, heads: int | None = None, hidden: int | None = None) -> int:
+    """MACs of a timm `Block` on `n` tokens; with `heads` / `hidden`, of the same block cut to that many
+    heads / MLP neurons (what the surgery would leave)."""
     attn, mlp = block.attn, block.mlp
-    total = block_macs(n, attn.qkv.in_features, attn.num_heads, attn.head_dim, mlp.fc1.out_features)
+    heads = attn.num_heads if heads is None else heads
+    hidden = mlp.fc1.out_features if hidden is None else hidden
+    total = block_macs(n, attn.qkv.in_features, heads, attn.head_dim, hidden)
     if not isinstance(attn.q_norm, nn.Identity):
-        total += 2 * 5 * n * attn.num_heads * attn.head_dim
+        total += 2 * 5 * n * heads * attn.head_dim
     if not isinstance(attn.norm, nn.Identity):
-        total += 5 * n * attn.num_heads * attn.head_dim
+        total += 5 * n * heads * attn.head_dim
     if not isinstance(mlp.norm, nn.Identity):
-        total += 5 * n * mlp.fc1.out_features
+        total += 5 * n * hidden
     return total
+
+
+def block_params_of(block: nn.Module, heads: int | None = None, hidden: int | None = None) -> int:
+    """Parameters of a timm `Block`; with `heads` / `hidden`, of the same block cut to that many heads /
+    MLP neurons. Per head: its rows of `qkv` (and bias), its columns of `proj`, its channels of the
+    attention norm; per neuron: its row of `fc1` (and bias), its column of `fc2`, its MLP-norm channels."""
+    attn, mlp = block.attn, block.mlp
+    per_head = sum(p.numel() for p in (*attn.qkv.parameters(), attn.proj.weight, *attn.norm.parameters()))
+    per_neuron = sum(p.numel() for p in (*mlp.fc1.parameters(), mlp.fc2.weight, *mlp.norm.parameters()))
+    heads = attn.num_heads if heads is None else heads
+    hidden = mlp.fc1.out_features if hidden is None else hidden
+    fixed = count_params(block) - per_head - per_neuron
+    return fixed + per_head * heads // attn.num_heads + per_neuron * hidden // mlp.fc1.out_features
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -10,9 +11,20 @@ import timm
 
 from compressor.errors import BudgetError
 from compressor.importance import Scores
-from compressor.planner import Budget, model_cost, plan_depth, plan_width, unit_costs
+from compressor.planner import (
+    Budget,
+    ModelCosts,
+    choose_blocks,
+    model_cost,
+    model_costs,
+    plan_depth,
+    plan_width,
+    split_budget,
+    unit_costs,
+)
 from compressor.spec import ArchSpec
-from compressor.surgery import apply_plan
+from compressor.surgery import PrunePlan, apply_plan
+from tests.conftest import tiny_vit
 
 
 def _scores(model, seed=0) -> Scores:
@@ -99,3 +111,88 @@ def test_depth_removes_lowest_blocks():
     assert plan_depth(scores, 2).drop_blocks == (1, 3)
     assert Budget.parse("params=0.25") == Budget("params", 0.25)
     del model
+
+
+@pytest.mark.parametrize("metric", ["flops", "params"])
+def test_costs_are_what_the_cut_saves(metric):
+    """One cost model: a block, a head and neurons cost exactly what cutting them removes from the count."""
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=3, qk_norm=True)
+    costs = model_costs(model, metric)
+    assert costs.total == model_cost(model, metric) and costs.depth == 3
+    cut = copy.deepcopy(model)
+    apply_plan(cut, ArchSpec.from_model(cut), PrunePlan({0: (1, 2, 3, 4, 5)}, {0: tuple(range(5, 1536))}, (2,)))
+    assert model_cost(model, metric) - model_cost(cut, metric) == costs.head[0] + 5 * costs.neuron[0] + costs.blocks[2]
+    assert costs.without_blocks((2,)).total == model_cost(model, metric) - costs.blocks[2]
+
+
+def test_coarse_units_that_cannot_land_within_one_point_say_what_can():
+    """round_to=128 on a tiny model: a head is 2.9% of the MACs, a neuron group 10.3%; 7% is out of reach."""
+    model = tiny_vit()
+    total = model_cost(model, "flops")
+    scores = _scores(model)
+    with pytest.raises(BudgetError) as info:
+        plan_width(model, scores, metric="flops", target_removed=0.07 * total, reference_total=total, round_to=128)
+    message = str(info.value)
+    assert "cannot land within 1 point of flops -7.0%" in message and "a smaller --round-to" in message
+    assert "nearest reductions it reaches are 5.8% and 8.7%" in message  # two heads, three heads
+    suggested = [float(v) for v in re.findall(r"--reduce flops=([0-9.]+)", message)]
+    assert suggested, message
+    for reduction in suggested:  # every value it suggests does land
+        plan = plan_width(model, scores, metric="flops", target_removed=reduction * total, reference_total=total,
+                          round_to=128)
+        assert 0 <= plan.achieved - reduction <= 0.01
+    fine = plan_width(model, scores, metric="flops", target_removed=0.07 * total, reference_total=total, round_to=8)
+    assert 0 <= fine.achieved - 0.07 <= 0.01
+    # 20%: cheapest-first ends at 22.0% (a group and four heads); two groups (20.6%) land
+    coarse = plan_width(model, scores, metric="flops", target_removed=0.2 * total, reference_total=total,
+                        round_to=128)
+    assert 0 <= coarse.achieved - 0.2 <= 0.01 and coarse.neurons_kept == (128, 256, 128)
+    # an intermediate step (a later stage completes the budget) may overshoot
+    step = plan_width(model, scores, metric="flops", target_removed=0.07 * total, reference_total=total,
+                      round_to=128, tolerance=None)
+    assert step.achieved - 0.07 > 0.01
+
+
+def _costs(blocks: tuple[float, ...]) -> ModelCosts:
+    n = len(blocks)
+    return ModelCosts("flops", fixed=5.0, blocks=blocks, head=(1.0,) * n, neuron=(0.01,) * n, num_heads=(4,) * n,
+                      hidden=(64,) * n)
+
+
+@pytest.mark.parametrize("blocks", [(12.0,) * 8, (10.0, 20.0, 5.0, 15.0, 30.0, 8.0, 12.0, 25.0)])
+def test_depth_share_counts_blocks_monotonically_up_to_every_block_that_fits(blocks):
+    costs = _costs(blocks)
+    for reduction in (0.1, 0.15, 0.3, 0.45, 0.6, 0.8):
+        budget = Budget("flops", reduction)
+        fit = max(k for k in range(len(blocks)) if sum(sorted(blocks)[:k]) <= (reduction + 0.01) * costs.total)
+        if fit == 0:
+            with pytest.raises(BudgetError, match="one block is"):
+                split_budget(costs, budget, width=True, depth=True, depth_share=0.5)
+            continue
+        splits = [split_budget(costs, budget, width=True, depth=True, depth_share=s) for s in np.linspace(0, 1, 21)]
+        counts = [s.depth_blocks for s in splits]
+        assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == fit, (reduction, counts)
+        assert splits[0].width_removed == pytest.approx(reduction * costs.total)  # share 0: all width
+        assert all(s.width_removed >= 0 for s in splits)
+
+
+def test_split_refusals():
+    with pytest.raises(BudgetError, match="the model has one block; depth pruning needs at least two"):
+        split_budget(_costs((50.0,)), Budget("flops", 0.3), width=False, depth=True)
+    with pytest.raises(BudgetError, match="the model has one block; depth pruning needs at least two"):
+        split_budget(_costs((50.0,)), Budget("flops", 0.3), width=True, depth=True, depth_share=0.5)
+    assert split_budget(_costs((50.0,)), Budget("flops", 0.3), width=True, depth=True, depth_share=0).depth_blocks == 0
+    with pytest.raises(BudgetError, match="removes nothing"):
+        split_budget(_costs((10.0,) * 4), Budget("flops", 0.3), width=False, depth=True, depth_blocks=0)
+    with pytest.raises(BudgetError, match="one must remain"):
+        split_budget(_costs((10.0,) * 4), Budget("flops", 0.3), width=False, depth=True, depth_blocks=4)
+
+
+def test_blocks_are_chosen_by_score_among_those_that_fit():
+    costs = (10.0, 30.0, 10.0, 10.0)
+    scores = np.array([0.5, 0.1, 0.9, 0.3])
+    # the lowest-scored block (1) is the dearest: taking it would leave no room for a second block
+    assert choose_blocks(scores, costs, 2, room=35.0) == (0, 3)
+    assert choose_blocks(scores, costs, 2, room=45.0) == (1, 3)
+    assert choose_blocks(scores, costs, 4, room=100.0) == (0, 1, 3)  # one must remain
+    assert choose_blocks(scores, costs, 2, room=9.0) == ()

@@ -1,0 +1,123 @@
+"""The width/depth split: --depth-share and --depth-blocks decide how many blocks go, before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.data import DataLoader, TensorDataset
+
+from cli import main
+from compressor import importance
+from compressor.artifact import save_artifact
+from compressor.errors import BudgetError
+from compressor.flops import block_macs_of, count_macs, num_tokens
+from compressor.loading import load_model
+from compressor.pipeline import CompressConfig, CompressData, run_compress
+from compressor.planner import Budget
+from compressor.train import TrainConfig
+from tests.conftest import TINY_ARGS, TINY_CFG
+
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0, CompressConfig(Budget("flops", 0.5)).depth_share)
+
+
+def _teacher(depth: int):
+    torch.manual_seed(0)
+    return load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "depth": depth, "pretrained_cfg_overlay": TINY_CFG})
+
+
+def _data() -> CompressData:
+    g = torch.Generator().manual_seed(0)
+    images = TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
+    return CompressData(train_set=images, calib_loader=DataLoader(images, batch_size=32),
+                        eval_loader=DataLoader(images, batch_size=64))
+
+
+def _compress(teacher, tmp_path, name: str, **config):
+    lines: list[str] = []
+    config = CompressConfig(**{"budget": Budget("flops", 0.5), "calib_batches": 2, "train": TrainConfig(epochs=0),
+                               **config})
+    report = run_compress(teacher, _data(), config, tmp_path / name, tmp_path / f"{name}.work", progress=False,
+                          log=lines.append)
+    return report, "\n".join(lines)
+
+
+def _blocks_that_fit(model, reduction: float) -> int:
+    """The most whole blocks (cheapest first) whose MACs fit the target plus the 1-point tolerance."""
+    total = count_macs(model)
+    costs = sorted(block_macs_of(b, num_tokens(model)) for b in model.blocks)
+    return max(k for k in range(len(costs)) if sum(costs[:k]) <= (reduction + 0.01) * total)
+
+
+def test_depth_share_sweep_on_a_tiny_model(tmp_path):
+    """6 blocks of ~16% each and a 50% target: 3 blocks fit. Share 0 is width-only; more share, more blocks."""
+    teacher = _teacher(depth=6)
+    width_only, _ = _compress(teacher, tmp_path, "width", stages=("width",))
+    removed = []
+    for share in SHARES:
+        report, log = _compress(teacher, tmp_path, f"share{share}", depth_share=share)
+        removed.append(6 - len(report.final.spec["blocks"]))
+        assert 0.5 <= report.final.reduction_flops <= 0.51, (share, report.final.reduction_flops)
+        if share == 0:
+            assert [s.name for s in report.stages] == ["width"]
+            assert report.final.plan == width_only.final.plan and report.final.spec == width_only.final.spec
+            assert "depth stage skipped: --depth-share 0 asks for no block" in log and "depth plan" not in log
+    by_share = dict(zip(SHARES, removed, strict=True))
+    ordered = [by_share[s] for s in sorted(set(SHARES))]
+    assert ordered == sorted(ordered), by_share  # never fewer blocks for a larger share
+    assert by_share[0.0] == 0 and by_share[1.0] == _blocks_that_fit(teacher.model, 0.5) == 3, by_share
+    assert len(set(ordered)) > 2, by_share  # the share makes a difference in between
+
+
+def test_explicit_depth_blocks_including_zero(tmp_path):
+    teacher = _teacher(depth=6)
+    width_only, _ = _compress(teacher, tmp_path, "width", stages=("width",))
+    none, log = _compress(teacher, tmp_path, "zero", depth_blocks=0)
+    assert [s.name for s in none.stages] == ["width"] and none.final.spec == width_only.final.spec
+    assert "depth stage skipped" in log
+    two, _ = _compress(teacher, tmp_path, "two", depth_blocks=2)
+    assert len(two.final.spec["blocks"]) == 4 and 0.5 <= two.final.reduction_flops <= 0.51
+    with pytest.raises(BudgetError, match="--depth-blocks 4: the 4 cheapest blocks"):
+        _compress(teacher, tmp_path, "four", depth_blocks=4)
+
+
+def test_block_scoring_in_the_depth_stage_is_one_evaluation_per_block(tmp_path, monkeypatch):
+    """Depth only, ablation: the baseline plus one evaluation per block, and no backward pass."""
+    teacher = _teacher(depth=4)
+    calls = {"loss": 0, "backward": 0}
+    mean_loss, backward = importance._mean_loss, torch.Tensor.backward
+
+    def counting_loss(*args, **kwargs):
+        calls["loss"] += 1
+        return mean_loss(*args, **kwargs)
+
+    def counting_backward(self, *args, **kwargs):
+        calls["backward"] += 1
+        return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(importance, "_mean_loss", counting_loss)
+    monkeypatch.setattr(torch.Tensor, "backward", counting_backward)
+    report, _ = _compress(teacher, tmp_path, "depth", stages=("depth",), depth_blocks=1)
+    assert len(report.final.spec["blocks"]) == 3
+    assert calls == {"loss": 4 + 1, "backward": 0}
+
+
+def _one_block_dir(tmp_path):
+    return save_artifact(tmp_path / "one-block", _teacher(depth=1), {"method": "test teacher"})
+
+
+def test_one_block_model_cannot_lose_a_block(tmp_path):
+    teacher = _teacher(depth=1)
+    for stages in (("depth",), ("width", "depth")):
+        with pytest.raises(BudgetError, match="the model has one block; depth pruning needs at least two"):
+            _compress(teacher, tmp_path, "one", stages=stages)
+
+
+def test_one_block_model_on_the_command_line(tmp_path):
+    result = CliRunner().invoke(main, ["compress", "--model", str(_one_block_dir(tmp_path)), "--stages", "depth",
+                                       "--epochs", "0", "--calib-batches", "1", "--out", str(tmp_path / "o"),
+                                       "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not an uncaught exception
+    assert "the model has one block; depth pruning needs at least two" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
