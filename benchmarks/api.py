@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from benchmarks.environment import collect_environment
 from benchmarks.errors import BenchError, RuntimeUnavailableError
@@ -39,6 +38,7 @@ from benchmarks.runtimes import (
 from benchmarks.stats import latency_stats, speedup
 from benchmarks.timing import TimingPolicy, measure
 from compressor.loaded import LoadedModel
+from compressor.progress import progress_bar
 
 AUTO_BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "tensorrt")  # what "auto" tries, in order
 ROLES = ("teacher", "student")
@@ -142,7 +142,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
     options = RuntimeOptions(threads=threads, seed=config.seed)
     latency, speedups, ranges, backend_info = [], [], {}, {}
     steps = len(backends) * len(config.batch_sizes) + (len(backends) if loaders else 0)
-    with tqdm(total=steps, desc="bench", disable=not config.progress, leave=False) as bar:
+    with progress_bar(total=steps, desc="bench", enabled=config.progress, leave=False) as bar:
         for backend in backends:
             runtimes = _build(backend, models, options, skipped)
             if runtimes:
@@ -398,8 +398,10 @@ class GateOutcome:
 
 def gate_bench(bench: dict, gate_file: Path, *, baseline: Path | None = None,
                update_baseline: bool = False) -> GateOutcome:
-    """Check a bench dict against a gate file; with `update_baseline`, record a new baseline if the
-    gates' own limits pass (baseline tolerances are not applied to the run that sets the baseline)."""
+    """Check a bench dict against a gate file; with `update_baseline`, record a new baseline in the file
+    `baseline` names if the gates' own limits pass (baseline tolerances are not applied to the run that
+    sets the baseline). A baseline is only ever written where the caller says: never beside the gate file
+    by default, which may sit inside the installed package."""
     from benchmarks.gate import (
         evaluate_gates,
         gates_passed,
@@ -411,15 +413,16 @@ def gate_bench(bench: dict, gate_file: Path, *, baseline: Path | None = None,
     from compressor.atomic import write_json_atomic
 
     config = load_gate_config(gate_file)
-    baseline_path = baseline or config.baseline
     if update_baseline:
-        if baseline_path is None:
-            raise BenchError(f"{gate_file} names no baseline file; add baseline = \"FILE.json\" or pass --baseline FILE")
+        if baseline is None:
+            raise BenchError("--update-baseline writes the file --baseline FILE names; pass it explicitly "
+                             f"(the baseline {gate_file} reads is {config.baseline})")
         results = evaluate_gates(bench, without_baseline(config))
         if not gates_passed(results):
             return GateOutcome(tuple(results), False)
-        write_json_atomic(baseline_path, new_baseline(bench, config))
-        return GateOutcome(tuple(results), True, baseline_path)
+        write_json_atomic(baseline, new_baseline(bench, config))
+        return GateOutcome(tuple(results), True, baseline)
+    baseline_path = baseline or config.baseline
     recorded = read_baseline(baseline_path) if baseline_path is not None else None
-    results = evaluate_gates(bench, config, recorded)
+    results = evaluate_gates(bench, config, recorded, baseline_path)
     return GateOutcome(tuple(results), gates_passed(results))

@@ -41,6 +41,12 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+NEEDS_BASELINE_FILE = (
+    "--update-baseline writes the file --baseline FILE names (nothing is written beside the gate file); "
+    "e.g. --baseline benchmarks/gates/default-baseline.json in a checkout"
+)
+
+
 def default_out(artifact: str) -> Path:
     """`<folder>.bench` beside a model folder; `runs/<name>.bench` for a timm name."""
     path = Path(artifact)
@@ -93,8 +99,9 @@ def _print_gates(outcome, gate_file: Path) -> None:
 @click.option("--gate", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help=f"Check the results against a gate file (TOML; example: {DEFAULT_GATES.name} in benchmarks/gates).")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="Baseline JSON for the gates [default: the one the gate file names].")
-@click.option("--update-baseline", is_flag=True, help="Record this run as the new baseline (if the gates' limits pass).")
+              help="Baseline JSON for the gates [default: the one the gate file names, read only].")
+@click.option("--update-baseline", is_flag=True,
+              help="Record this run as the new baseline in the --baseline FILE (if the gates' own limits pass).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
@@ -108,6 +115,8 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
 
     if kw["update_baseline"] and kw["gate_file"] is None:
         raise click.BadParameter("--update-baseline needs --gate FILE", param_hint="--update-baseline")
+    if kw["update_baseline"] and kw["baseline"] is None:
+        raise click.BadParameter(NEEDS_BASELINE_FILE, param_hint="--update-baseline")
     if kw["no_teacher"] and kw["teacher"]:
         raise click.BadParameter("--teacher and --no-teacher exclude each other", param_hint="--no-teacher")
     try:
@@ -141,8 +150,9 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
 @click.option("--gates", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=DEFAULT_GATES, show_default=True, help="Gate file (TOML).")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="Baseline JSON [default: the one the gate file names].")
-@click.option("--update-baseline", is_flag=True, help="Record BENCH_JSON as the new baseline (if the limits pass).")
+              help="Baseline JSON [default: the one the gate file names, read only].")
+@click.option("--update-baseline", is_flag=True,
+              help="Record BENCH_JSON as the new baseline in the --baseline FILE (if the limits pass).")
 @click.pass_context
 def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline: Path | None,
                  update_baseline: bool) -> None:
@@ -150,6 +160,8 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
     from benchmarks.api import gate_bench
     from benchmarks.results import read_bench_json
 
+    if update_baseline and baseline is None:
+        raise click.BadParameter(NEEDS_BASELINE_FILE, param_hint="--update-baseline")
     try:
         outcome = gate_bench(read_bench_json(bench_json), gate_file, baseline=baseline,
                              update_baseline=update_baseline)

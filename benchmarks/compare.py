@@ -30,6 +30,7 @@ from compressor.jobs import DataOptions, build_compress_data
 from compressor.loaded import LoadedModel
 from compressor.loading import load_model
 from compressor.pipeline import CompressConfig, CompressData
+from compressor.reading import read_json
 
 SCHEMA = 1
 ROWS_DIR = "rows"
@@ -179,7 +180,7 @@ def _claim_folder(config: CompareConfig, out: Path, fingerprint: str) -> None:
     """
     path = out / RUN_JSON
     if config.resume and path.is_file():
-        recorded = json.loads(path.read_text()).get("fingerprint")
+        recorded = read_json(path, fix="delete it, or rerun without --resume").get("fingerprint")
         if recorded != fingerprint:
             raise CompareError(f"{out} holds a comparison made with other settings (fingerprint {recorded!r}, now "
                                f"{fingerprint!r}); rerun with the same options, or without --resume, or another --out")
@@ -198,10 +199,7 @@ def _earlier(config: CompareConfig, rows: dict, name: str, seed: int) -> dict[st
 
 
 def read_row(path: Path, fingerprint: str) -> dict:
-    try:
-        row = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise CompareError(f"{path} is not valid JSON ({e}); delete it to rerun that method") from e
+    row = read_json(path, fix="delete it to rerun that method")
     if row.get("schema") != SCHEMA or row.get("fingerprint") != fingerprint:
         raise CompareError(f"{path} was made with other settings (fingerprint {row.get('fingerprint')!r}, now "
                            f"{fingerprint!r}); rerun with the same options, or without --resume, or another --out")

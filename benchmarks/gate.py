@@ -3,30 +3,36 @@
 A gate file is TOML (see benchmarks/gates/default.toml):
 
     schema = 1
-    baseline = "baseline.json"        # optional, relative to this file; written by --update-baseline
+    baseline = "baseline.json"        # optional, relative to this file (read only; --baseline FILE overrides)
 
     [[gate]]
     metric = "speedup/ort-cpu:fp32/b*"  # a metric name, or a glob matching several
     min = 1.05                          # and/or max
     baseline_rel = 0.10                 # optional: at most 10% worse than the baseline (or baseline_abs)
-    required = true                     # a metric that is missing fails (false: skipped)
+    required = true                     # default; false marks the gate optional (see below)
     note = "why this limit"
 
+A gate that cannot be evaluated (its metric is not in the run, there is no baseline file, the baseline
+holds no value for the metric, or a machine-dependent baseline was recorded on another machine) is
+reported as "not evaluated" with the reason, and fails like a missed limit, unless the gate says
+`required = false`: then it is shown as not evaluated and does not fail. Whatever part of a gate can be
+checked always is: the limits in the file itself apply on every machine.
+
 Metric names and units are in `benchmarks.metrics.KINDS`. Comparisons with a baseline of a
-machine-dependent metric (speedup, memory) are made only when the machine fingerprint matches;
-otherwise that part is skipped and says so. Limits in the file itself always apply.
+machine-dependent metric (speedup, memory) are made only when the machine fingerprint matches.
+A baseline is written only to a file the user names (`--baseline FILE --update-baseline`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.errors import GateConfigError
 from benchmarks.metrics import kind_of
+from compressor.reading import read_json
 
 GATE_SCHEMA = 1
 BASELINE_SCHEMA = 1
@@ -67,13 +73,13 @@ class GateResult:
     metric: str
     value: float | None
     limit: str  # what was required, e.g. ">= 1.05" or ">= 1.12 (baseline 1.24 - 10%)"
-    status: str  # "pass" | "fail" | "missing" | "skipped"
+    status: str  # "pass" | "fail" | "missing" | "not evaluated" (both: required, could not be checked) | "skipped"
     shortfall: float | None = None  # by how much the worst failed check was missed, in the metric's unit
     detail: str = ""
 
     @property
     def failed(self) -> bool:
-        return self.status in ("fail", "missing")
+        return self.status in ("fail", "missing", "not evaluated")
 
 
 def _toml_module():
@@ -151,9 +157,10 @@ def load_gate_config(path: str | Path) -> GateConfig:
     return parse_gate_config(path.read_text(), path)
 
 
-def _limit_checks(gate: Gate, metric: str, value: float, baseline: dict | None, fingerprint: str | None):
-    """(limit text, shortfall) of each check on `value`, and notes on checks that were not made."""
-    checks, notes = [], []
+def _limit_checks(gate: Gate, metric: str, value: float, baseline: dict | None, fingerprint: str | None,
+                  baseline_file: Path | None):
+    """(limit text, shortfall) of each check made on `value`, and why any check could not be made."""
+    checks, unevaluated = [], []
     if gate.min is not None:
         checks.append((f">= {gate.min:g}", gate.min - value))
     if gate.max is not None:
@@ -161,10 +168,14 @@ def _limit_checks(gate: Gate, metric: str, value: float, baseline: dict | None, 
     if gate.uses_baseline:
         kind = kind_of(metric)
         base = (baseline or {}).get("metrics", {}).get(metric)
-        if base is None:
-            notes.append("no baseline value")
+        if baseline is None:
+            unevaluated.append(f"no baseline file {baseline_file}" if baseline_file is not None else
+                               "no baseline file (the gate file names none; pass --baseline FILE)")
+        elif base is None:
+            unevaluated.append(f"the baseline{' ' + str(baseline_file) if baseline_file else ''} has no value for it")
         elif kind is not None and kind.machine_dependent and baseline.get("fingerprint") != fingerprint:
-            notes.append("baseline from another machine: not compared")
+            unevaluated.append(f"baseline recorded on another machine (fingerprint {baseline.get('fingerprint')}, "
+                               f"this run {fingerprint})")
         else:
             slack = gate.baseline_abs if gate.baseline_abs is not None else gate.baseline_rel * abs(base)
             tolerance = f"{gate.baseline_abs:g}" if gate.baseline_abs is not None else f"{gate.baseline_rel:.0%}"
@@ -172,31 +183,43 @@ def _limit_checks(gate: Gate, metric: str, value: float, baseline: dict | None, 
                 checks.append((f">= {base - slack:.4g} (baseline {base:.4g} - {tolerance})", base - slack - value))
             else:
                 checks.append((f"<= {base + slack:.4g} (baseline {base:.4g} + {tolerance})", value - base - slack))
-    return checks, notes
+    return checks, unevaluated
 
 
-def evaluate_gates(bench: dict, config: GateConfig, baseline: dict | None = None) -> list[GateResult]:
-    """One result per (gate, matching metric); a gate that matches nothing gives one missing/skipped result."""
+def evaluate_gates(bench: dict, config: GateConfig, baseline: dict | None = None,
+                   baseline_file: Path | None = None) -> list[GateResult]:
+    """One result per (gate, matching metric); a gate that matches nothing gives one result too.
+
+    `baseline` is the content of `baseline_file` (None: no such file); the file is only named in messages.
+    """
     metrics: dict[str, float] = bench.get("metrics", {})
     fingerprint = bench.get("environment", {}).get("fingerprint")
     results = []
     for gate in config.gates:
         names = sorted(m for m in metrics if fnmatch.fnmatchcase(m, gate.metric))
+        note = [gate.note] if gate.note else []
         if not names:
             status = "missing" if gate.required else "skipped"
             results.append(GateResult(gate.metric, None, _limits_text(gate), status,
-                                      detail=f"no such metric in this run{'; ' + gate.note if gate.note else ''}"))
+                                      detail="; ".join([f"not evaluated{'' if gate.required else ' (optional)'}: "
+                                                        "no such metric in this run", *note])))
             continue
         for name in names:
             value = metrics[name]
-            checks, notes = _limit_checks(gate, name, value, baseline, fingerprint)
+            checks, unevaluated = _limit_checks(gate, name, value, baseline, fingerprint, baseline_file)
             worst = max(checks, key=lambda c: c[1], default=None)
             failed = worst is not None and worst[1] > 0
+            if failed:
+                status = "fail"
+            elif unevaluated and gate.required:
+                status = "not evaluated"
+            else:
+                status = "pass" if checks else "skipped"
+            why = [f"not evaluated{'' if gate.required else ' (optional)'}: {r}" for r in unevaluated]
             limit = " and ".join(text for text, _ in checks) or _limits_text(gate)
             results.append(GateResult(
-                name, value, limit, "fail" if failed else ("pass" if checks else "skipped"),
-                shortfall=worst[1] if failed else None,
-                detail="; ".join([*notes, *([gate.note] if gate.note and failed else [])]),
+                name, value, limit, status, shortfall=worst[1] if failed else None,
+                detail="; ".join([*why, *(note if failed or status == "not evaluated" else [])]),
             ))
     return results
 
@@ -240,10 +263,7 @@ def read_baseline(path: Path) -> dict | None:
     """The baseline at `path`, or None when none was recorded yet."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise GateConfigError(f"baseline {path} is not valid JSON: {e}; delete it or run with --update-baseline") from e
+    data = read_json(path, fix="delete it or record a new one with --baseline FILE --update-baseline")
     if data.get("schema") != BASELINE_SCHEMA or not isinstance(data.get("metrics"), dict):
         raise GateConfigError(f"baseline {path} has schema {data.get('schema')!r}; expected {BASELINE_SCHEMA} with metrics")
     return data

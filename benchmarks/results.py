@@ -14,6 +14,7 @@ from benchmarks.errors import BenchError
 from benchmarks.memory import MemoryResult
 from benchmarks.metrics import derive_metrics
 from benchmarks.stats import LatencyStats, Speedup
+from compressor.reading import read_json
 
 SCHEMA = 1
 BENCH_JSON = "bench.json"
@@ -127,12 +128,9 @@ def read_bench_json(path: str | Path) -> dict:
         path = path / BENCH_JSON
     if not path.is_file():
         raise BenchError(f"{path} does not exist; run `vitshrink bench ARTIFACT --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else None
+    data = read_json(path, fix="run `vitshrink bench` again to rewrite it")
+    if data.get("schema") != SCHEMA:
+        found = data.get("schema")
         raise BenchError(f"{path}: bench.json schema {found!r}; this vitshrink reads schema {SCHEMA}")
     if "metrics" not in data:
         data["metrics"] = derive_metrics(data)

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.data import resolve_data_config
 from torch import nn
 
 from compressor.atomic import atomic_dir
 from compressor.errors import ArtifactError
 from compressor.loaded import LoadedModel
+from compressor.reading import read_json, read_safetensors
 from compressor.spec import ArchSpec
 from compressor.surgery import reshape_to_spec
 
@@ -75,8 +76,8 @@ def load_artifact(path: str | Path) -> LoadedModel:
             f"{path} is not a vitshrink artifact: missing {', '.join(missing)} "
             "(a plain timm folder can be passed to --model instead)"
         )
-    config = _read_json(path / CONFIG_FILE)
-    record = _read_json(path / COMPRESSION_FILE)
+    config = read_json(path / CONFIG_FILE)
+    record = read_json(path / COMPRESSION_FILE)
     version = record.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{path}: compression.json format_version {version!r}; this vitshrink reads {FORMAT_VERSION}")
@@ -89,7 +90,7 @@ def load_artifact(path: str | Path) -> LoadedModel:
     except Exception as e:  # timm raises many types for bad args; report them as one
         raise ArtifactError(f"{path}: timm could not build {name!r} with {base_args}: {e}") from e
     reshape_to_spec(model, spec)
-    load_state_dict_strict(model, load_file(str(path / WEIGHTS_FILE)), path / WEIGHTS_FILE)
+    load_state_dict_strict(model, read_safetensors(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
     model.eval()
     return LoadedModel(
         model=model,
@@ -133,13 +134,6 @@ def _parse_config(config: dict, path: Path) -> tuple[str, dict, dict]:
         if isinstance(model_args.get(key), list):
             model_args[key] = tuple(model_args[key])
     return name, model_args, dict(config.get("pretrained_cfg", {}))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
 
 
 def _jsonable(obj):

@@ -23,3 +23,7 @@ class BudgetError(VitShrinkError):
 
 class DataError(VitShrinkError):
     """A dataset name or folder that cannot be used."""
+
+
+class UnreadableFileError(VitShrinkError):
+    """A weight or JSON file that exists but cannot be read (truncated, corrupt, wrong format)."""

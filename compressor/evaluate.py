@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+
+from compressor.progress import progress_bar
 
 
 @torch.no_grad()
@@ -17,7 +18,7 @@ def predict_logits(
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for x, y in progress_bar(loader, desc="eval", enabled=progress, leave=False):
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
             out = model(x.to(device))
         logits.append(out.float().cpu())

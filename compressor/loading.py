@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
 from compressor.artifact import (
@@ -21,6 +19,7 @@ from compressor.artifact import (
 )
 from compressor.errors import ArtifactError, ModelSourceError
 from compressor.loaded import LoadedModel
+from compressor.reading import read_json, read_safetensors, read_torch_weights
 from compressor.spec import ArchSpec
 from compressor.support import check_supported
 
@@ -52,14 +51,11 @@ def _load_timm_folder(path: Path) -> LoadedModel:
         raise ModelSourceError(
             f"{path} is neither a timm model folder (config.json + model.safetensors) nor a vitshrink artifact"
         )
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise ModelSourceError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
+    config = read_json(path / CONFIG_FILE)
     name, model_args, pretrained_cfg = _parse_config(config, path)
     model = _create(name, pretrained=False, pretrained_cfg=pretrained_cfg, **model_args)
     try:
-        load_state_dict_strict(model, load_file(str(path / WEIGHTS_FILE)), path / WEIGHTS_FILE)
+        load_state_dict_strict(model, read_safetensors(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
     except ArtifactError as e:
         raise ModelSourceError(str(e)) from e
     return _wrap(model, name, model_args, path)
@@ -86,14 +82,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelSourceError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign files
-        raise ModelSourceError(
-            f"cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: {e}); "
-            "save a state_dict (or convert to .safetensors) instead of a pickled module"
-        ) from e
+        return read_safetensors(path)
+    obj = read_torch_weights(path)
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

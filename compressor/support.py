@@ -35,3 +35,18 @@ def check_supported(model: nn.Module) -> None:
             )
         if not isinstance(blk.mlp.fc1, nn.Linear):
             raise UnsupportedModelError(f"block {i} MLP uses 1x1 convolutions, which are not supported")
+        _check_cut_norm(blk.attn.norm, f"block {i} attention norm", blk.attn.num_heads * blk.attn.head_dim)
+        _check_cut_norm(blk.mlp.norm, f"block {i} MLP norm", blk.mlp.fc1.out_features)
+
+
+def _check_cut_norm(norm: nn.Module, where: str, width: int) -> None:
+    """A norm inside the pruned width is cut with its channels: it must be per-channel over the last dim."""
+    if isinstance(norm, nn.Identity):
+        return
+    shape = tuple(getattr(norm, "normalized_shape", ()))
+    params = dict(norm.named_parameters(recurse=False))
+    if shape != (width,) or any(tuple(p.shape) != (width,) for p in params.values()) or list(norm.children()):
+        raise UnsupportedModelError(
+            f"{where} is {type(norm).__name__}; the surgery cuts only LayerNorm/RMSNorm-style norms over the "
+            f"last dimension ({width} channels, with or without per-channel weights), so this model cannot be pruned"
+        )

@@ -6,13 +6,14 @@ Neurons: rows of `fc1`, columns of `fc2`. Blocks: removed from `model.blocks`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 from timm.layers import Attention, Mlp
 from torch import nn
 
-from compressor.errors import BudgetError
+from compressor.errors import BudgetError, UnsupportedModelError
 from compressor.spec import ArchSpec, BlockSpec
 from compressor.support import check_supported
 
@@ -52,14 +53,24 @@ def _select(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Ten
 
 
 def _select_norm(norm: nn.Module, index: torch.Tensor) -> nn.Module:
-    """Keep the chosen channels of a LayerNorm-like module over the pruned dimension (or pass Identity)."""
+    """The same LayerNorm/RMSNorm-like module over the chosen channels of the pruned dimension only.
+
+    Its per-channel weight and bias (when it has them) keep the chosen entries; a norm without weights
+    (`elementwise_affine=False`) is the same norm at the new size. Identity passes through.
+    """
     if isinstance(norm, nn.Identity):
         return norm
-    new = type(norm)(len(index), eps=norm.eps).to(norm.weight.device, norm.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(norm.weight[index])
-        if getattr(norm, "bias", None) is not None:
-            new.bias.copy_(norm.bias[index])
+    shape = tuple(getattr(norm, "normalized_shape", ()))
+    if len(shape) != 1:  # check_supported refuses these first; this guards direct callers
+        raise UnsupportedModelError(
+            f"{type(norm).__name__} does not normalize over the last dimension alone; only LayerNorm/RMSNorm-style "
+            "norms can be cut with their channels"
+        )
+    new = copy.deepcopy(norm)
+    new.normalized_shape = (len(index),)
+    for name, param in norm.named_parameters(recurse=False):
+        kept = param.detach()[index.to(param.device)].clone()
+        setattr(new, name, nn.Parameter(kept, requires_grad=param.requires_grad))
     return new
 
 

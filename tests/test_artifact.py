@@ -10,7 +10,7 @@ import torch
 
 import compressor.artifact as artifact_module
 from compressor.artifact import load_artifact, save_artifact
-from compressor.errors import ArtifactError, ModelSourceError, UnsupportedModelError
+from compressor.errors import ArtifactError, ModelSourceError, UnreadableFileError, UnsupportedModelError
 from compressor.loading import load_model
 from compressor.surgery import PrunePlan, apply_plan
 from tests.conftest import SHARED, TINY_ARGS
@@ -76,7 +76,7 @@ def test_checkpoint_pth_is_read_with_weights_only(tmp_path):
 def test_pickled_module_is_refused(tmp_path):
     source = load_model("vit_tiny_patch16_224", model_args=dict(TINY_ARGS))
     torch.save(source.model, tmp_path / "whole.pth")
-    with pytest.raises(ModelSourceError, match="weights_only"):
+    with pytest.raises(UnreadableFileError, match="weights_only"):
         load_model("vit_tiny_patch16_224", checkpoint=tmp_path / "whole.pth", model_args=dict(TINY_ARGS))
 
 

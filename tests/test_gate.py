@@ -97,13 +97,17 @@ def test_baseline_tolerances():
     assert results["top1_drop"].shortfall == pytest.approx(0.1)
 
 
-def test_timing_baseline_from_another_machine_is_not_compared():
-    config = parse_gate_config(BASELINE_GATES)
+def test_timing_baseline_from_another_machine_is_not_compared_and_says_so():
     baseline = {"fingerprint": "machine-b", "metrics": {"speedup/ort-cpu:fp32/b32": 1.5, "top1_drop": 0.2}}
-    results = by_metric(evaluate_gates(bench(METRICS), config, baseline))
-    assert results["speedup/ort-cpu:fp32/b32"].status == "skipped"
-    assert "another machine" in results["speedup/ort-cpu:fp32/b32"].detail
+    results = by_metric(evaluate_gates(bench(METRICS), parse_gate_config(BASELINE_GATES), baseline))
+    speed = results["speedup/ort-cpu:fp32/b32"]
+    assert speed.status == "not evaluated" and speed.failed  # required (the default): cannot check = fail
+    assert "not evaluated: baseline recorded on another machine" in speed.detail
     assert results["top1_drop"].status == "fail"  # accuracy does not depend on the machine
+    optional = BASELINE_GATES.replace("baseline_rel = 0.10", "baseline_rel = 0.10\nrequired = false")
+    speed = by_metric(evaluate_gates(bench(METRICS), parse_gate_config(optional), baseline))["speedup/ort-cpu:fp32/b32"]
+    assert speed.status == "skipped" and not speed.failed
+    assert "not evaluated (optional): baseline recorded on another machine" in speed.detail
 
 
 def test_bad_gate_file_reports_every_problem():
@@ -142,11 +146,11 @@ def test_update_baseline_records_only_a_passing_run(tmp_path):
     gates = tmp_path / "gates.toml"
     gates.write_text('baseline = "base.json"\n' + GATES + BASELINE_GATES)
     failing = bench(METRICS)  # speedup/torch-cpu b32 fails its min
-    outcome = gate_bench(failing, gates, update_baseline=True)
+    outcome = gate_bench(failing, gates, baseline=tmp_path / "base.json", update_baseline=True)
     assert not outcome.passed and not (tmp_path / "base.json").exists()
 
     passing = bench({**METRICS, "speedup/torch-cpu:fp32/b32": 1.3})
-    outcome = gate_bench(passing, gates, update_baseline=True)
+    outcome = gate_bench(passing, gates, baseline=tmp_path / "base.json", update_baseline=True)
     assert outcome.passed and outcome.baseline_written == tmp_path / "base.json"
     recorded = json.loads((tmp_path / "base.json").read_text())
     assert recorded["fingerprint"] == "machine-a"
