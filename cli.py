@@ -7,11 +7,13 @@ from pathlib import Path
 import click
 
 from benchmarks.command import bench_command, gate_command
+from compressor.data import AUGMENTS
 from compressor.errors import VitShrinkError
 from compressor.importance import CRITERIA
 from compressor.kd_loss import KDWeights
 from compressor.pipeline import CompressConfig
 from compressor.planner import Budget
+from compressor.precision import AMP_CHOICES, amp_option
 from compressor.train import TrainConfig
 from exporters.command import export_command
 
@@ -50,6 +52,17 @@ def _model_args(ctx, param, values: tuple[str, ...]) -> dict:
     return out
 
 
+def _val_split(ctx, param, value: str | None) -> float | int | None:
+    if value is None:
+        return None
+    from compressor.data import parse_val_split
+
+    try:
+        return parse_val_split(value)
+    except VitShrinkError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 def data_options(f):
     opts = [
         click.option("--dataset", type=click.Choice(DATASET_NAMES), default="digits", show_default=True,
@@ -58,9 +71,19 @@ def data_options(f):
                      help="Dataset folder (imagefolder: DIR/train and DIR/val|test)."),
         click.option("--download", is_flag=True, help="Download CIFAR-10/100 into --data-dir if missing."),
         click.option("--train-limit", type=click.IntRange(min=1), default=None,
-                     help="Use a fixed random subset of N training images."),
+                     help="Use a fixed random subset of N training images (never validation images)."),
         click.option("--eval-limit", type=click.IntRange(min=1), default=None,
-                     help="Use a fixed random subset of N evaluation images."),
+                     help="Use a fixed random subset of N test (evaluation split) images."),
+        click.option("--val-split", default=None, callback=_val_split, metavar="FRACTION|N",
+                     help="Validation images held out of the TRAINING split (a fixed, seeded part): never trained "
+                          "or calibrated on; the per-epoch evaluation and every choice use them, the test split "
+                          "only gives the reported numbers. A fraction in [0, 1) or an image count; 0 = none. "
+                          "[default: 10% of the training split, at most 5,000 images]"),
+        click.option("--augment", type=click.Choice(AUGMENTS), default="auto",
+                     show_default=True,
+                     help="Training augmentation. crop-flip: reflect-pad 1/8 of the side, random crop, horizontal "
+                          "flip; rrc: random resized crop 0.6-1 + flip; auto: crop-flip for inputs up to 64 px, "
+                          "rrc above. digits never flips (auto = small affine jitter)."),
         click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers."),
     ]
     for opt in reversed(opts):
@@ -80,8 +103,10 @@ def train_options(default_epochs: int, default_lr: float):
             click.option("--warmup-epochs", type=float, default=0.5, show_default=True),
             click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
                          help="Cap each epoch at N steps (quick runs)."),
-            click.option("--amp/--no-amp", default=False, show_default=True,
-                         help="bf16 autocast (fast on CUDA / CPUs with native bf16)."),
+            click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
+                         help="bf16 autocast for training (the teacher runs in the same precision). auto: on for "
+                              "CUDA with bf16 and for CPUs with avx512_bf16/amx_bf16, off elsewhere (emulated "
+                              "bf16 is slower than fp32)."),
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints."),
         ]
@@ -97,7 +122,7 @@ def _train_config(kw: dict, default_epochs: int, **extra) -> TrainConfig:
     epochs = kw["epochs"] if kw["epochs"] is not None else (10 if kw["dataset"] == "digits" else default_epochs)
     return TrainConfig(
         epochs=epochs, batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
-        warmup_epochs=kw["warmup_epochs"], max_steps_per_epoch=kw["max_steps_per_epoch"], amp=kw["amp"],
+        warmup_epochs=kw["warmup_epochs"], max_steps_per_epoch=kw["max_steps_per_epoch"], amp=amp_option(kw["amp"]),
         seed=kw["seed"], num_workers=kw["workers"], **extra,
     )
 
@@ -107,7 +132,24 @@ def _data_options(kw: dict):
 
     return DataOptions(dataset=kw["dataset"], data_dir=kw["data_dir"], download=kw["download"],
                        train_limit=kw["train_limit"], eval_limit=kw["eval_limit"], num_workers=kw["workers"],
-                       seed=kw["seed"])
+                       seed=kw["seed"], augment=kw["augment"], val_split=kw["val_split"])
+
+
+def compress_config(kw: dict) -> CompressConfig:
+    """The `compress` options (click's parsed values) as one config object."""
+    stages = [s.strip() for s in kw["stages"].split(",") if s.strip()]
+    if "width" in stages and kw["width_steps"] > 1:
+        i = stages.index("width")
+        stages[i : i + 1] = ["width"] * kw["width_steps"]
+    try:
+        return CompressConfig(
+            budget=kw["budget"], stages=tuple(stages), depth_share=kw["depth_share"], depth_blocks=kw["depth_blocks"],
+            criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
+            calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
+            train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
+        )
+    except VitShrinkError as e:
+        raise click.BadParameter(str(e)) from e
 
 
 @click.group()
@@ -162,19 +204,7 @@ def compress(**kw) -> None:
     from compressor.jobs import CompressJob
     from compressor.jobs import compress as run
 
-    stages = [s.strip() for s in kw["stages"].split(",") if s.strip()]
-    if "width" in stages and kw["width_steps"] > 1:
-        i = stages.index("width")
-        stages[i : i + 1] = ["width"] * kw["width_steps"]
-    try:
-        config = CompressConfig(
-            budget=kw["budget"], stages=tuple(stages), depth_share=kw["depth_share"], depth_blocks=kw["depth_blocks"],
-            criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
-            calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
-            train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
-        )
-    except VitShrinkError as e:
-        raise click.BadParameter(str(e)) from e
+    config = compress_config(kw)
     if kw["model"] is None and kw["dataset"] != "digits":
         raise click.BadParameter("--model is required unless --dataset digits (the embedded default)")
     job = CompressJob(model=kw["model"], out=kw["out"], config=config, data=_data_options(kw),

@@ -42,6 +42,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather(obj: object) -> list:
+    """Every process's `obj` (picklable), indexed by rank, on every process; `[obj]` without torchrun."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every process when `flag` is true on any one (so all of them stop at the same step)."""
+    if not is_distributed():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def wrap(model: nn.Module) -> nn.Module:
     """DistributedDataParallel under torchrun, the model itself otherwise."""
     if not is_distributed():

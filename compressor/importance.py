@@ -1,10 +1,15 @@
 """Importance of every head, MLP neuron and block: the change of the loss when it is removed.
 
+Two parts are scored, each only when asked for: "units" (heads and MLP neurons, for width pruning:
+`score_units`) and "blocks" (for depth pruning: `score_blocks`); `score` does both.
+
 Criteria (a registry; an unknown name lists the valid ones):
 - `taylor` (the paper's): first-order Taylor estimate of the loss change on structure gates,
   |dL/dg| at g = 1, averaged over calibration batches (Michel et al. 2019; Molchanov et al. 2019).
-- `ablation`: the exact loss change, one evaluation per head and per block with its gate at 0.
-  MLP neurons are too many to ablate one by one; they get Taylor scores.
+  One backward pass per batch gives every part.
+- `ablation`: the exact loss change, one evaluation per head (units) or per block (blocks) with its
+  gate at 0, plus the baseline; blocks need no backward pass. MLP neurons are too many to ablate one
+  by one; they get Taylor scores.
 - `l1`: weight magnitude of each structure's parameters (a baseline; not in loss units).
 - `random`: uniform random scores (a baseline).
 Scores are in units of loss (for taylor/ablation), so heads and neurons rank against each other.
@@ -23,17 +28,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from compressor.errors import VitShrinkError
 from compressor.gates import Gates, gated
+from compressor.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Estimated loss increase when each structure is removed (higher = more important)."""
+    """Estimated loss increase when each structure is removed (higher = more important).
+
+    A part that was not scored is empty: `heads == neurons == ()` or `blocks.size == 0`.
+    """
 
     criterion: str
     heads: tuple[np.ndarray, ...]  # per block: (num_heads,)
@@ -70,6 +78,7 @@ class ScoringLoss:
 
 
 CRITERIA: dict[str, Callable[..., Scores]] = {}
+PARTS = ("units", "blocks")  # units: heads and MLP neurons (width pruning); blocks: whole blocks (depth)
 
 
 def register(name: str):
@@ -86,21 +95,36 @@ def score(
     criterion: str = "taylor",
     loss: ScoringLoss | None = None,
     *,
+    parts: Sequence[str] = PARTS,
     seed: int = 0,
     progress: bool = False,
 ) -> Scores:
-    """Score every head, neuron and block of `model` on `batches` with `criterion`."""
+    """Score the `parts` of `model` ("units": heads and neurons; "blocks") on `batches` with `criterion`."""
     if criterion not in CRITERIA:
         raise VitShrinkError(f"unknown importance criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if not parts or any(p not in PARTS for p in parts):
+        raise VitShrinkError(f"unknown parts {tuple(parts)}; score some of {', '.join(PARTS)}")
     loss = loss or ScoringLoss()
     if loss.kind not in ("ce", "kl"):
         raise VitShrinkError(f"unknown scoring loss {loss.kind!r}; choose 'ce' or 'kl'")
     was_training = model.training
     model.eval()
     try:
-        return CRITERIA[criterion](model, batches, loss, seed=seed, progress=progress)
+        return CRITERIA[criterion](model, batches, loss, parts=frozenset(parts), seed=seed, progress=progress)
     finally:
         model.train(was_training)
+
+
+def score_units(model: nn.Module, batches: Sequence[Batch], criterion: str = "taylor",
+                loss: ScoringLoss | None = None, *, seed: int = 0, progress: bool = False) -> Scores:
+    """Score the heads and MLP neurons of `model` (what width pruning uses); blocks are left empty."""
+    return score(model, batches, criterion, loss, parts=("units",), seed=seed, progress=progress)
+
+
+def score_blocks(model: nn.Module, batches: Sequence[Batch], criterion: str = "ablation",
+                 loss: ScoringLoss | None = None, *, seed: int = 0, progress: bool = False) -> Scores:
+    """Score the blocks of `model` (what depth pruning uses); heads and neurons are left empty."""
+    return score(model, batches, criterion, loss, parts=("blocks",), seed=seed, progress=progress)
 
 
 def _targets(model: nn.Module, loss: ScoringLoss, x: torch.Tensor) -> torch.Tensor | None:
@@ -137,7 +161,7 @@ def _taylor_sums(model: nn.Module, batches: Sequence[Batch], loss: ScoringLoss, 
         with gated(model) as gates:
             sums = [torch.zeros_like(g) for g in gates.parameters()]
             count = 0
-            for x, y in tqdm(batches, desc="taylor scores", leave=False, disable=not progress):
+            for x, y in progress_bar(batches, desc="taylor scores", enabled=progress, leave=False):
                 x, y = x.to(device), y.to(device)
                 target = _targets(model, loss, x)
                 gates.zero_grad()
@@ -154,15 +178,22 @@ def _taylor_sums(model: nn.Module, batches: Sequence[Batch], loss: ScoringLoss, 
     return Gates(heads=mean[:n_blocks], neurons=mean[n_blocks : 2 * n_blocks], blocks=mean[-1]), total.item()
 
 
-def _to_scores(criterion: str, heads, neurons, blocks) -> Scores:
+def _to_scores(criterion: str, parts: frozenset[str], heads, neurons, blocks) -> Scores:
+    """Scores of the asked-for `parts` (the others left empty)."""
     as_np = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
-    return Scores(criterion, tuple(as_np(h) for h in heads), tuple(as_np(n) for n in neurons), as_np(blocks))
+    units = "units" in parts
+    return Scores(
+        criterion,
+        tuple(as_np(h) for h in heads) if units else (),
+        tuple(as_np(n) for n in neurons) if units else (),
+        as_np(blocks) if "blocks" in parts else np.zeros(0),
+    )
 
 
 @register("taylor")
-def _taylor(model, batches, loss, *, seed, progress) -> Scores:
+def _taylor(model, batches, loss, *, parts, seed, progress) -> Scores:
     means, _ = _taylor_sums(model, batches, loss, progress)
-    return _to_scores("taylor", means.heads, means.neurons, means.blocks)
+    return _to_scores("taylor", parts, means.heads, means.neurons, means.blocks)
 
 
 @torch.no_grad()
@@ -177,27 +208,31 @@ def _mean_loss(model: nn.Module, batches: Sequence[Batch], loss: ScoringLoss, ta
 
 
 @register("ablation")
-def _ablation(model, batches, loss, *, seed, progress) -> Scores:
+def _ablation(model, batches, loss, *, parts, seed, progress) -> Scores:
     device = _device(model)
     targets = [_targets(model, loss, x.to(device)) for x, _ in batches]
-    means, _ = _taylor_sums(model, batches, loss, progress=False)  # neurons: too many to ablate
+    # neurons: too many to ablate, they get Taylor scores (the only backward pass, and only for units)
+    neurons = _taylor_sums(model, batches, loss, progress=False)[0].neurons if "units" in parts else []
     with gated(model, requires_grad=False) as gates:
         base = _mean_loss(model, batches, loss, targets)
-        units = [(gates.heads[i], h) for i in range(len(gates.heads)) for h in range(len(gates.heads[i]))]
-        units += [(gates.blocks, i) for i in range(len(gates.blocks))]
+        units = []
+        if "units" in parts:
+            units += [(gates.heads[i], h) for i in range(len(gates.heads)) for h in range(len(gates.heads[i]))]
+        if "blocks" in parts:
+            units += [(gates.blocks, i) for i in range(len(gates.blocks))]
         deltas = []
-        for gate, j in tqdm(units, desc="ablation", leave=False, disable=not progress):
+        for gate, j in progress_bar(units, desc="ablation", enabled=progress, leave=False):
             gate[j] = 0.0
             deltas.append((_mean_loss(model, batches, loss, targets) - base).item())
             gate[j] = 1.0
     it = iter(deltas)
-    heads = [torch.tensor([next(it) for _ in range(len(h))]) for h in means.heads]
-    blocks = torch.tensor([next(it) for _ in range(len(model.blocks))])
-    return _to_scores("ablation", heads, means.neurons, blocks)
+    heads = [torch.tensor([next(it) for _ in range(b.attn.num_heads)]) for b in model.blocks] if "units" in parts else []
+    blocks = torch.tensor([next(it) for _ in range(len(model.blocks))]) if "blocks" in parts else torch.zeros(0)
+    return _to_scores("ablation", parts, heads, neurons, blocks)
 
 
 @register("l1")
-def _l1(model, batches, loss, *, seed, progress) -> Scores:
+def _l1(model, batches, loss, *, parts, seed, progress) -> Scores:
     heads, neurons, blocks = [], [], []
     for blk in model.blocks:
         attn, mlp = blk.attn, blk.mlp
@@ -206,15 +241,15 @@ def _l1(model, batches, loss, *, seed, progress) -> Scores:
         heads.append(qkv + proj)
         neurons.append(mlp.fc1.weight.detach().abs().sum(dim=1) + mlp.fc2.weight.detach().abs().sum(dim=0))
         blocks.append(sum(m.weight.detach().abs().sum() for m in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)))
-    return _to_scores("l1", heads, neurons, torch.stack(blocks))
+    return _to_scores("l1", parts, heads, neurons, torch.stack(blocks))
 
 
 @register("random")
-def _random(model, batches, loss, *, seed, progress) -> Scores:
+def _random(model, batches, loss, *, parts, seed, progress) -> Scores:
     g = torch.Generator().manual_seed(seed)
     heads = [torch.rand(b.attn.num_heads, generator=g) for b in model.blocks]
     neurons = [torch.rand(b.mlp.fc1.out_features, generator=g) for b in model.blocks]
-    return _to_scores("random", heads, neurons, torch.rand(len(model.blocks), generator=g))
+    return _to_scores("random", parts, heads, neurons, torch.rand(len(model.blocks), generator=g))
 
 
 def calibration_batches(loader, num_batches: int, rank: int = 0, world_size: int = 1) -> list[Batch]:

@@ -10,13 +10,14 @@ from pathlib import Path
 from compressor import distributed as ddp
 from compressor.artifact import is_artifact, load_artifact, save_artifact
 from compressor.atomic import write_text_atomic
-from compressor.data import build_dataset, build_loader, num_classes_of
+from compressor.data import Splits, build_loader, build_splits, num_classes_of
 from compressor.evaluate import evaluate
 from compressor.flops import count_macs, count_params
 from compressor.loaded import LoadedModel
 from compressor.loading import load_model
 from compressor.pipeline import CompressConfig, CompressData, CompressReport, run_compress
 from compressor.report import format_table, markdown_report, report_rows
+from compressor.resume import start_work_dir, weights_sha256
 from compressor.train import TrainConfig, train
 
 # The embedded default: a small ViT trained on scikit-learn's digits (no download), 16x16 input.
@@ -36,10 +37,12 @@ class DataOptions:
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
-    train_limit: int | None = None  # random subset of the training split (same every run)
-    eval_limit: int | None = None  # random subset of the evaluation split
+    train_limit: int | None = None  # random subset of the training pool, validation images excluded (same every run)
+    eval_limit: int | None = None  # random subset of the evaluation (test) split
     num_workers: int = 0
-    seed: int = 0
+    seed: int = 0  # fixes the validation split and the subsets
+    augment: str = "auto"  # training augmentation (compressor.data.AUGMENTS); auto: by input size
+    val_split: float | int | None = None  # held out of training: fraction, image count, 0 = none; None = 10% <= 5,000
 
 
 @dataclass(frozen=True)
@@ -68,28 +71,27 @@ class FinetuneJob:
     progress: bool = True
 
 
-def _datasets(loaded: LoadedModel, opts: DataOptions, augment: bool):
-    train_set = build_dataset(opts.dataset, opts.data_dir, "train", loaded.data_config, augment=augment,
-                              download=opts.download, limit=opts.train_limit, seed=opts.seed)
-    eval_set = build_dataset(opts.dataset, opts.data_dir, "eval", loaded.data_config,
-                             download=opts.download, limit=opts.eval_limit, seed=opts.seed)
-    return train_set, eval_set
+def _datasets(loaded: LoadedModel, opts: DataOptions, calib_size: int = 0) -> Splits:
+    """Training set, validation split (held out of it), calibration images and test split."""
+    return build_splits(opts.dataset, opts.data_dir, loaded.data_config, augment=opts.augment,
+                        val_split=opts.val_split, train_limit=opts.train_limit, test_limit=opts.eval_limit,
+                        calib_size=calib_size, seed=opts.seed, download=opts.download)
 
 
 def build_compress_data(teacher: LoadedModel, opts: DataOptions, config: CompressConfig,
                         eval_batch: int = 256) -> CompressData:
-    """The augmented training set, the calibration batches' loader and the evaluation loader."""
+    """The augmented training set, the calibration loader, and the validation and test loaders.
 
-    def split(name: str, augment: bool, limit: int | None, seed: int):
-        return build_dataset(opts.dataset, opts.data_dir, name, teacher.data_config, augment=augment,
-                             download=opts.download, limit=limit, seed=seed)
-
-    calib = split("train", False, config.calib_batches * config.calib_batch_size, opts.seed + 1)
+    Validation images are carved out of the training split and are neither trained nor calibrated on;
+    the test split (`eval_loader`) is only for the reported numbers.
+    """
+    splits = _datasets(teacher, opts, calib_size=config.calib_batches * config.calib_batch_size)
     return CompressData(
-        train_set=split("train", True, opts.train_limit, opts.seed),
-        calib_loader=build_loader(calib, config.calib_batch_size),
-        eval_loader=build_loader(split("eval", False, opts.eval_limit, opts.seed), eval_batch,
-                                 num_workers=opts.num_workers),
+        train_set=splits.train,
+        calib_loader=build_loader(splits.calib, config.calib_batch_size),
+        eval_loader=build_loader(splits.test, eval_batch, num_workers=opts.num_workers),
+        val_loader=build_loader(splits.val, eval_batch, num_workers=opts.num_workers) if splits.val else None,
+        info={**dataclasses.asdict(opts), **splits.describe()},
     )
 
 
@@ -98,9 +100,12 @@ def compress(job: CompressJob, log=print) -> CompressReport:
     device = ddp.init_from_env()
     teacher = default_teacher(log=log, progress=job.progress) if job.model is None else load_model(
         job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
-    data = build_compress_data(teacher, job.data, job.config)
     work_dir = job.work_dir or job.out.with_name(job.out.name + ".work")
     main_log = log if ddp.is_main() else (lambda *a, **k: None)
+    # the stages in the work folder belong to this teacher and data; --resume into another run's is refused
+    start_work_dir(work_dir, {"teacher_sha256": weights_sha256(teacher.model), "data": _data_record(job.data)},
+                   job.resume, log=main_log)
+    data = build_compress_data(teacher, job.data, job.config)
     report = run_compress(teacher, data, job.config, job.out, work_dir, resume=job.resume, device=device,
                           progress=job.progress, log=main_log)
     if ddp.is_main():
@@ -114,33 +119,56 @@ def finetune(job: FinetuneJob, log=print) -> dict:
     """Train or fine-tune a teacher on a dataset; write it in the artifact format."""
     device = ddp.init_from_env()
     loaded = load_model(job.model, checkpoint=job.checkpoint, pretrained=job.pretrained, model_args=job.model_args)
-    train_set, eval_set = _datasets(loaded, job.data, augment=True)
-    classes = num_classes_of(train_set)
+    splits = _datasets(loaded, job.data)
+    classes = num_classes_of(splits.train)
     if loaded.model.num_classes != classes:
         log(f"resetting the classifier: {loaded.model.num_classes} -> {classes} classes")
         loaded.model.reset_classifier(classes)
         loaded = dataclasses.replace(loaded, model_args={**loaded.model_args, "num_classes": classes})
-    eval_loader = build_loader(eval_set, 256, num_workers=job.data.num_workers)
+    test_loader = build_loader(splits.test, 256, num_workers=job.data.num_workers)
+    val_loader = build_loader(splits.val, 256, num_workers=job.data.num_workers) if splits.val else None
     work_dir = job.out.with_name(job.out.name + ".work")
-    result = train(loaded.model, train_set, eval_loader, job.train, work_dir, resume=job.resume,
+    source = {"model": job.model, "checkpoint": job.checkpoint, "pretrained": job.pretrained,
+              "model_args": job.model_args}
+    start_work_dir(work_dir, {**source, "data": _data_record(job.data)}, job.resume,
+                   log=log if ddp.is_main() else (lambda *a, **k: None))
+    # per-epoch evaluation on the validation split; the test split only for the reported result
+    result = train(loaded.model, splits.train, val_loader, job.train, work_dir, resume=job.resume,
                    device=device, progress=job.progress, desc="finetune")
     loaded.model.cpu()
-    metrics = evaluate(loaded.model, eval_loader)
+    metrics = evaluate(loaded.model, test_loader)
+    val = evaluate(loaded.model, val_loader) if val_loader else None
     summary = {"params": count_params(loaded.model), "macs": count_macs(loaded.model),
-               "top1": round(metrics["top1"], 5), "top5": round(metrics["top5"], 5)}
+               "top1": round(metrics["top1"], 5), "top5": round(metrics["top5"], 5),
+               "val_top1": round(val["top1"], 5) if val else None, "images_per_s": result.images_per_s}
     if ddp.is_main():
         save_artifact(job.out, loaded, {
             "method": "finetune (no compression)",
             "source": {"model": job.model, "pretrained": job.pretrained, "checkpoint": job.checkpoint},
-            "train": job.train.to_dict(), "data": dataclasses.asdict(job.data),
+            "train": job.train.to_dict(), "data": {**dataclasses.asdict(job.data), **splits.describe()},
             "history": result.history, "result": summary,
         })
-        log(f"teacher: top-1 {summary['top1']:.2%}, {summary['params'] / 1e6:.3f} M params -> {job.out}")
+        val_text = f"{summary['val_top1']:.2%}" if val else "–"
+        log(f"teacher: test top-1 {summary['top1']:.2%} (val {val_text}), {summary['params'] / 1e6:.3f} M params "
+            f"-> {job.out}")
+    ddp.barrier()  # the artifact is complete for every rank on return (default_teacher loads it next)
     return summary
 
 
+def _data_record(opts: DataOptions) -> dict:
+    """The data options a run's results depend on (not the worker count: see compressor.sampling)."""
+    record = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("num_workers", "download")}
+    if record.get("data_dir") is not None:
+        record["data_dir"] = str(Path(record["data_dir"]).resolve())
+    return record
+
+
 def default_teacher(log=print, progress: bool = True) -> LoadedModel:
-    """The embedded default teacher: reuse `runs/digits-teacher`, or train it (about a minute on 2 cores)."""
+    """The embedded default teacher: reuse `runs/digits-teacher`, or train it (about a minute on 2 cores).
+
+    Under torchrun every rank trains it together; `finetune` returns on every rank only once rank 0
+    has written it, so no rank loads a half-written folder.
+    """
     if is_artifact(DEFAULT_TEACHER_DIR):
         log(f"using the embedded default teacher in {DEFAULT_TEACHER_DIR}")
         return load_artifact(DEFAULT_TEACHER_DIR)

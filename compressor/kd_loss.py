@@ -31,8 +31,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def feature_loss(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over kept blocks of the MSE between a student block's output and its source teacher block's."""
-    losses = [F.mse_loss(s.float(), t.float()) for s, t in zip(student_feats, teacher_feats, strict=True)]
+    """Mean over kept blocks of the MSE between a student block's output and its source teacher block's.
+
+    Written as mean((s - t)^2) rather than F.mse_loss: the same value, but autograd saves only the
+    difference, never `t`, so the teacher may run under torch.inference_mode (an inference tensor
+    cannot be saved for backward, and F.mse_loss would save it).
+    """
+    losses = [(s.float() - t.float()).square().mean() for s, t in zip(student_feats, teacher_feats, strict=True)]
     return torch.stack(losses).mean()
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -21,12 +19,24 @@ from compressor import distributed as ddp
 from compressor.artifact import is_artifact, load_artifact, save_artifact
 from compressor.errors import BudgetError
 from compressor.evaluate import evaluate
-from compressor.flops import block_macs_of, count_macs, count_params, num_tokens
-from compressor.importance import ScoringLoss, calibration_batches, score
+from compressor.flops import count_macs, count_params
+from compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
 from compressor.loaded import LoadedModel
-from compressor.planner import Budget, model_cost, plan_depth, plan_width
-from compressor.surgery import PrunePlan, apply_plan
-from compressor.train import TrainConfig, train
+from compressor.planner import (
+    TOLERANCE,
+    Budget,
+    BudgetSplit,
+    depth_plan,
+    model_cost,
+    model_costs,
+    plan_depth,
+    plan_depth_blocks,
+    plan_units,
+    split_budget,
+)
+from compressor.resume import check_same
+from compressor.surgery import apply_plan
+from compressor.train import TrainConfig, feature_sources_for, train
 
 STAGES = ("width", "depth")
 
@@ -66,7 +76,9 @@ class CompressConfig:
 class CompressData:
     train_set: Dataset  # augmented, for distillation
     calib_loader: DataLoader  # un-augmented training images, for scoring
-    eval_loader: DataLoader  # the evaluation split
+    eval_loader: DataLoader  # the evaluation (test) split: only for the reported numbers
+    val_loader: DataLoader | None = None  # held out of the training split: per-epoch evaluation, choices
+    info: dict = field(default_factory=dict)  # what the data is (options, split sizes, augmentation), recorded
 
 
 @dataclass
@@ -85,6 +97,9 @@ class StageRecord:
     plan: dict
     scores: dict | None = None
     history: list = field(default_factory=list)
+    val_after_cut: dict | None = None  # after_cut/after_distill are on the test split; these on validation
+    val_after_distill: dict | None = None  # (None without a validation split)
+    images_per_s: float | None = None  # distillation throughput (training steps, teacher included)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,36 +117,19 @@ class CompressReport:
         return self.stages[-1]
 
 
-def _metrics(model, loader: DataLoader, device: str) -> dict:
+def _metrics(model, loader: DataLoader | None, device: str) -> dict | None:
+    if loader is None:
+        return None
     m = evaluate(model, loader, device=device)
     return {"top1": round(m["top1"], 5), "top5": round(m["top5"], 5), "loss": round(m["loss"], 5)}
 
 
-def depth_blocks_for(model, budget: Budget, config: CompressConfig) -> int:
-    """How many blocks the depth stage removes: explicit, or the depth share of the target."""
-    depth = len(model.blocks)
-    if config.depth_blocks is not None:
-        if not 0 <= config.depth_blocks < depth:
-            raise BudgetError(f"--depth-blocks {config.depth_blocks}: the model has {depth} blocks, one must remain")
-        return config.depth_blocks
-    total = model_cost(model, budget.metric)
-    per_block = sum(_block_cost(b, model, budget.metric) for b in model.blocks) / depth
-    target = budget.reduction * total
-    if "width" not in config.stages:  # depth only: the block count closest to the target
-        return min(range(1, depth), key=lambda k: abs(k * per_block - target))
-    smallest = min(_block_cost(b, model, budget.metric) for b in model.blocks)
-    if smallest > target + 0.01 * total:
-        raise BudgetError(
-            f"one block is {smallest / total:.0%} of the teacher's {budget.metric}, more than the {budget} target; "
-            "use --stages width or a larger --reduce"
-        )
-    return min(depth - 1, max(1, round(config.depth_share * target / per_block)))
+def _top1_of(metrics: dict | None) -> float | None:
+    return metrics["top1"] if metrics else None
 
 
-def _block_cost(block, model, metric: str) -> float:
-    if metric == "params":
-        return sum(p.numel() for p in block.parameters())
-    return block_macs_of(block, num_tokens(model))
+def _top1(metrics: dict | None) -> str:
+    return f"{metrics['top1']:.2%}" if metrics else "–"
 
 
 def run_compress(
@@ -155,28 +153,32 @@ def run_compress(
     budget, metric = config.budget, config.budget.metric
     t_model = teacher.model.to(device).eval()
     reference = model_cost(t_model, metric)
+    # the budget decisions that need no scores, taken before any work: blocks for depth, the rest for width
+    split = split_budget(model_costs(t_model, metric), budget, width="width" in config.stages,
+                         depth="depth" in config.stages, depth_share=config.depth_share,
+                         depth_blocks=config.depth_blocks)
     teacher_row = {
         "params": count_params(t_model),
         "macs": count_macs(t_model),
         **(teacher_metrics or _metrics(t_model, data.eval_loader, device)),
     }
+    teacher_row.setdefault("val", _metrics(t_model, data.val_loader, device))
     log(f"teacher: {teacher_row['params'] / 1e6:.3f} M params, {teacher_row['macs'] / 1e6:.1f} M MACs, "
-        f"top-1 {teacher_row['top1']:.2%}")
-    n_depth = depth_blocks_for(t_model, budget, config) if "depth" in config.stages else 0
-    width_target = _width_target(t_model, config, n_depth, reference)
+        f"test top-1 {teacher_row['top1']:.2%} (val {_top1(teacher_row['val'])})")
+    log(split.describe())
     n_width = config.stages.count("width")
     current = copy.deepcopy(teacher)
     records: list[StageRecord] = []
     calib = calibration_batches(data.calib_loader, config.calib_batches, ddp.rank(), ddp.world_size())
     for index, stage in enumerate(config.stages):
         stage_dir = work_dir / f"stage{index + 1}-{stage}"
+        if not split.runs(stage):  # nothing for it to remove (the split's line says why)
+            continue
         if resume and is_artifact(stage_dir / "artifact"):
             current = load_artifact(stage_dir / "artifact")
-            if current.compression.get("config") != json.loads(json.dumps(config.to_dict())):
-                raise BudgetError(
-                    f"{stage_dir / 'artifact'} was made with other settings; rerun with the same options, "
-                    "or without --resume (or another --work-dir) to start over"
-                )
+            # teacher and data were checked against the work folder's run.json (jobs.compress); here the settings
+            check_same(f"the stage artifact {stage_dir / 'artifact'}", current.compression.get("config") or {},
+                       config.to_dict())
             current.model.to(device)
             records.append(StageRecord(**current.compression["stage"]))
             log(f"stage {index + 1} ({stage}): finished earlier, loaded from {stage_dir / 'artifact'}")
@@ -187,30 +189,34 @@ def run_compress(
         loss = ScoringLoss(config.scoring_loss, teacher=t_model if cut_before > 0 else None)
         if stage == "width":
             step = config.stages[: index + 1].count("width")
-            target = width_target * step / n_width
-            width_plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before)
+            target = split.width_removed * step / n_width
+            final = step == n_width and not split.runs("depth")
+            width_plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before,
+                                            final)
             plan = width_plan.plan
             log(width_plan.describe())
         else:
-            plan, scores = _depth_cut(model, calib, config, loss, n_depth, budget, reference)
-            log(f"depth plan: remove blocks {list(plan.drop_blocks)} (block scores {scores.blocks.round(4).tolist()})")
+            planned, scores = _depth_cut(model, calib, config, loss, split, reference)
+            plan = planned.plan
+            log(planned.describe())
         spec = apply_plan(model, current.spec, plan)
-        after_cut = _metrics(model, data.eval_loader, device)
+        after_cut, val_cut = _metrics(model, data.eval_loader, device), _metrics(model, data.val_loader, device)
         log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - model_cost(model, metric) / reference:.1%}, "
-            f"top-1 {after_cut['top1']:.2%} before distillation")
+            f"test top-1 {after_cut['top1']:.2%} (val {_top1(val_cut)}) before distillation")
         result = None
         if config.train.epochs > 0:
             result = train(
-                model, data.train_set, data.eval_loader, config.train, stage_dir,
-                teacher=t_model, feature_sources=[b.source_index for b in spec.blocks],
+                model, data.train_set, data.val_loader, config.train, stage_dir,
+                teacher=t_model, feature_sources=feature_sources_for(teacher.spec, spec),
                 resume=resume, device=device, progress=progress, desc=f"distill ({stage})",
             )
-        after = None
-        if result:  # train() evaluated the final student on the same loader; no second pass
+        after = val_after = None
+        if result:  # train() evaluated the final student on the validation split in fp32: no second pass
             last = result.final
-            after = ({"top1": round(last["eval_top1"], 5), "top5": round(last["eval_top5"], 5),
-                      "loss": round(last["eval_loss"], 5)} if "eval_top1" in last and not config.train.amp
-                     else _metrics(model, data.eval_loader, device))
+            after = _metrics(model, data.eval_loader, device)
+            val_after = ({"top1": round(last["eval_top1"], 5), "top5": round(last["eval_top5"], 5),
+                          "loss": round(last["eval_loss"], 5)} if "eval_top1" in last and last.get("amp") is False
+                         else _metrics(model, data.val_loader, device))
         record = StageRecord(
             name=stage,
             params=count_params(model),
@@ -226,6 +232,9 @@ def run_compress(
             plan=plan.to_dict(),
             scores=scores.to_dict() if scores else None,
             history=result.history if result else [],
+            val_after_cut=val_cut,
+            val_after_distill=val_after,
+            images_per_s=result.images_per_s if result else None,
         )
         records.append(record)
         current = dataclasses.replace(current, model=model, spec=spec, compression=None)
@@ -233,82 +242,46 @@ def run_compress(
             save_artifact(stage_dir / "artifact", current, {"stage": record.to_dict(), "config": config.to_dict()})
         ddp.barrier()
         if after:
-            log(f"stage {index + 1} ({stage}) distilled: top-1 {after['top1']:.2%} after {config.train.epochs} epochs")
+            log(f"stage {index + 1} ({stage}) distilled: test top-1 {after['top1']:.2%} (val {_top1(val_after)}) "
+                f"after {config.train.epochs} epochs, {result.images_per_s or 0:.0f} images/s")
     report = CompressReport(teacher=teacher_row, stages=records, artifact=out_dir if ddp.is_main() else None, budget=budget)
     if ddp.is_main():
-        save_artifact(out_dir, current, _compression_record(teacher, config, report))
+        save_artifact(out_dir, current, {**_compression_record(teacher, config, report), "data": data.info})
     ddp.barrier()
     return report
 
 
-def _width_target(model, config: CompressConfig, n_depth: int, reference: float) -> float:
-    """Absolute cost the width stages remove, leaving the rest to depth (plus a small top-up)."""
-    target = config.budget.reduction * reference
-    if "width" not in config.stages:
-        return 0.0
-    if n_depth == 0:
-        return target
-    depth = len(model.blocks)
-    blocks_total = sum(_block_cost(b, model, config.budget.metric) for b in model.blocks)
-    share = n_depth / depth
-    # width removes w; depth then removes about share * (blocks_total - w); solve w + share*(B - w) = target,
-    # and leave 1% of the reference for the depth stage's top-up so the total is never overshot by depth.
-    w = (target - share * blocks_total) / (1 - share) - 0.01 * reference
-    return max(0.0, w)
-
-
-def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float, reference: float, already: float):
-    scores = score(model, calib, config.criterion, loss, seed=config.seed)
-    plan = plan_width(
-        model, scores, metric=config.budget.metric, target_removed=max(0.0, target_removed),
+def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float, reference: float, already: float,
+               final: bool):
+    """Score heads and neurons, plan them; the last width cut of a run must land within 1 point."""
+    scores = score_units(model, calib, config.criterion, loss, seed=config.seed)
+    plan = plan_units(
+        model_costs(model, config.budget.metric), scores, target_removed=max(0.0, target_removed),
         reference_total=reference, already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
+        tolerance=TOLERANCE if final else None,
     )
     return plan, scores
 
 
-def _depth_cut(model, calib, config: CompressConfig, loss, n_depth: int, budget: Budget, reference: float):
-    """Drop the least important blocks; then, if width stages ran, trim width to land on the target.
-
-    With width stages, blocks are taken lowest score first among those that still fit the budget
-    (the target plus 1 point), so depth never overshoots; depth alone takes the `n_depth` lowest.
-    """
-    block_scores = score(model, calib, config.block_criterion, loss, seed=config.seed)
+def _depth_cut(model, calib, config: CompressConfig, loss, split: BudgetSplit, reference: float):
+    """Score the blocks and plan the cut; after width stages, a width top-up (scored on the kept blocks)
+    lands the total on the target. Depth alone removes the `split.depth_blocks` lowest-scored blocks."""
+    block_scores = score_blocks(model, calib, config.block_criterion, loss, seed=config.seed)
     if "width" not in config.stages:
-        return plan_depth(block_scores, n_depth), block_scores
-    room = (budget.reduction + 0.01) * reference - (reference - model_cost(model, budget.metric))
-    chosen = []
-    for i in np.argsort(block_scores.blocks, kind="stable"):
-        cost = _block_cost(model.blocks[int(i)], model, budget.metric)
-        if len(chosen) < n_depth and cost <= room and len(chosen) < len(model.blocks) - 1:
-            chosen.append(int(i))
-            room -= cost
-    if not chosen:
-        raise BudgetError(
-            f"every block costs more than the {budget} budget has left after width pruning; "
-            "use --stages width, a larger --reduce, or a smaller --depth-share"
-        )
-    plan = PrunePlan(drop_blocks=tuple(sorted(chosen)))
-    # what the cut would leave: cost of the dropped blocks comes off the current model
-    dropped = sum(_block_cost(model.blocks[i], model, budget.metric) for i in plan.drop_blocks)
-    removed = reference - model_cost(model, budget.metric) + dropped
-    missing = budget.reduction * reference - removed
+        return depth_plan(plan_depth(block_scores, split.depth_blocks), block_scores.blocks), block_scores
+    costs = model_costs(model, config.budget.metric)
+    plan, missing = plan_depth_blocks(costs, block_scores, split.depth_blocks, target_removed=split.target_removed,
+                                      reference_total=reference)
     if missing <= 0:
-        return plan, block_scores
-    # top-up: width units of the kept blocks, planned on the same scores, renumbered after the cut
-    kept = [i for i in range(len(model.blocks)) if i not in plan.drop_blocks]
-    sub = copy.deepcopy(model)
-    sub.blocks = torch.nn.Sequential(*[sub.blocks[i] for i in kept])
-    unit_scores = score(sub, calib, config.criterion, loss, seed=config.seed)
-    top_up = plan_width(
-        sub, unit_scores, metric=budget.metric, target_removed=missing, reference_total=reference,
-        already_removed=removed, min_heads=config.min_heads, round_to=config.round_to,
+        return depth_plan(plan, block_scores.blocks), block_scores
+    kept = copy.deepcopy(model)  # unit scores of the model the top-up is planned on: without the dropped blocks
+    kept.blocks = torch.nn.Sequential(*[b for i, b in enumerate(kept.blocks) if i not in plan.drop_blocks])
+    top_up = plan_units(
+        costs.without_blocks(plan.drop_blocks), score_units(kept, calib, config.criterion, loss, seed=config.seed),
+        target_removed=missing, reference_total=reference, already_removed=split.target_removed - missing,
+        min_heads=config.min_heads, round_to=config.round_to,
     )
-    remap = {new: old for new, old in enumerate(kept)}
-    return dataclasses.replace(
-        plan,
-        keep_heads={remap[k]: v for k, v in top_up.plan.keep_heads.items()},
-        keep_neurons={remap[k]: v for k, v in top_up.plan.keep_neurons.items()},
-    ), block_scores
+    return depth_plan(plan, block_scores.blocks, top_up), block_scores
 
 
 def _compression_record(teacher: LoadedModel, config: CompressConfig, report: CompressReport) -> dict:
@@ -324,5 +297,6 @@ def _compression_record(teacher: LoadedModel, config: CompressConfig, report: Co
             "reduction_params": report.final.reduction_params,
             "reduction_flops": report.final.reduction_flops,
             "top1": (report.final.after_distill or report.final.after_cut)["top1"],
+            "val_top1": _top1_of(report.final.val_after_distill or report.final.val_after_cut),
         },
     }

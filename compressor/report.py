@@ -1,26 +1,41 @@
-"""The final table: teacher against each stage, for the terminal and as Markdown."""
+"""The final table: teacher against each stage, for the terminal and as Markdown.
+
+Two accuracies per row: `val` (held-out training images: what choices are made on) and `test` (the
+dataset's test split: the reported number). "–" where there is no validation split (--val-split 0).
+"""
 
 from __future__ import annotations
 
-from compressor.pipeline import CompressReport
+from typing import TYPE_CHECKING
 
-HEADER = ("model", "params (M)", "MACs (M)", "params -%", "MACs -%", "top-1", "top-5", "Δ top-1", "epochs", "time (s)")
+if TYPE_CHECKING:
+    from compressor.pipeline import CompressReport
+
+HEADER = ("model", "params (M)", "MACs (M)", "params -%", "MACs -%", "val top-1", "test top-1", "test top-5",
+          "Δ test top-1", "epochs", "img/s", "time (s)")
+NO_VALUE = "–"
+
+
+def _pct(metrics: dict | None) -> str:
+    return f"{metrics['top1']:.2%}" if metrics else NO_VALUE
 
 
 def report_rows(report: CompressReport) -> list[tuple[str, ...]]:
     t = report.teacher
     rows = [("teacher", f"{t['params'] / 1e6:.3f}", f"{t['macs'] / 1e6:.1f}", "0.0", "0.0",
-             f"{t['top1']:.2%}", f"{t['top5']:.2%}", "", "", "")]
+             _pct(t.get("val")), f"{t['top1']:.2%}", f"{t['top5']:.2%}", "", "", "", "")]
     for i, s in enumerate(report.stages, start=1):
         common = (f"{s.params / 1e6:.3f}", f"{s.macs / 1e6:.1f}",
                   f"{s.reduction_params:.1%}".rstrip("%"), f"{s.reduction_flops:.1%}".rstrip("%"))
         cut = s.after_cut
-        rows.append((f"{i}. {s.name} cut", *common, f"{cut['top1']:.2%}", f"{cut['top5']:.2%}",
-                     f"{(cut['top1'] - t['top1']) * 100:+.2f}", "", ""))
+        rows.append((f"{i}. {s.name} cut", *common, _pct(s.val_after_cut), f"{cut['top1']:.2%}",
+                     f"{cut['top5']:.2%}", f"{(cut['top1'] - t['top1']) * 100:+.2f}", "", "", ""))
         if s.after_distill:
             d = s.after_distill
-            rows.append((f"{i}. {s.name} + distill", *common, f"{d['top1']:.2%}", f"{d['top5']:.2%}",
-                         f"{(d['top1'] - t['top1']) * 100:+.2f}", str(s.epochs), f"{s.distill_seconds:.0f}"))
+            rate = f"{s.images_per_s:.0f}" if s.images_per_s else ""
+            rows.append((f"{i}. {s.name} + distill", *common, _pct(s.val_after_distill), f"{d['top1']:.2%}",
+                         f"{d['top5']:.2%}", f"{(d['top1'] - t['top1']) * 100:+.2f}", str(s.epochs), rate,
+                         f"{s.distill_seconds:.0f}"))
     return rows
 
 
@@ -37,6 +52,9 @@ def markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = HEADER
 
 
 def markdown_report(report: CompressReport) -> str:
+    val = ("val: held-out training images (never trained or calibrated on), what choices are made on"
+           if report.teacher.get("val") else f"val: {NO_VALUE} (no validation split, --val-split 0)")
     note = ("MACs: multiply-accumulates per image (1 FMA = 1, fvcore convention). "
-            "top-1/top-5 on the evaluation split; 'cut' rows are before distillation.\n")
+            f"{val}; test: the dataset's test split, the reported numbers; 'cut' rows are before distillation; "
+            "img/s: distillation throughput (training steps, teacher included).\n")
     return f"# vitshrink compression report\n\nBudget: {report.budget}\n\n{markdown_table(report_rows(report))}\n{note}"

@@ -2,6 +2,9 @@
 
 AdamW, linear warm-up then cosine decay (per step), gradient clipping, optional bf16 autocast, an
 evaluation each epoch, a JSON-lines log, a checkpoint each epoch and on Ctrl-C, exact resume.
+Under torchrun every process takes the same number of steps (`sampling.epoch_shard` pads the epoch's
+order by repeating its first indices), augments each sample from (seed, epoch, index) alone, and
+resumes its own RNG stream, so a resumed run, mid-epoch, with any worker count, is bit-identical.
 Kept student: the last epoch's (choosing the best epoch by the evaluation split would select on the
 data we report on); the best epoch is still recorded in the history.
 """
@@ -20,13 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from compressor import distributed as ddp
-from compressor.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from compressor.checkpoint import has_checkpoint, load_checkpoint, read_state, rng_state, save_checkpoint
 from compressor.errors import VitShrinkError
 from compressor.evaluate import evaluate
 from compressor.kd_loss import KDWeights, distillation_loss
+from compressor.precision import resolve_amp
+from compressor.progress import progress_bar
+from compressor.resume import check_same
+from compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
+from compressor.spec import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5  # linear warm-up length (fractions allowed)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     label_smoothing: float = 0.0  # cross-entropy smoothing on labels
-    amp: bool = False  # bf16 autocast (fast on CUDA and on CPUs with AVX512-BF16/AMX; slow elsewhere)
+    amp: bool | None = None  # bf16 autocast; None = auto: on where bf16 is native (compressor.precision)
     seed: int = 0
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int = 0  # DataLoader workers (results do not depend on it: see compressor.sampling)
     max_steps_per_epoch: int | None = None  # cap each epoch (quick runs); None = full pass
     kd: KDWeights = field(default_factory=KDWeights)
 
@@ -63,15 +70,15 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
     @property
+    def images_per_s(self) -> float | None:
+        """Training throughput, mean over the epochs (evaluation excluded); None before any epoch."""
+        rates = [r["images_per_s"] for r in self.history if "images_per_s" in r]
+        return round(sum(rates) / len(rates), 1) if rates else None
+
+    @property
     def best_epoch(self) -> int | None:
         rows = [r for r in self.history if "eval_top1" in r]
         return max(rows, key=lambda r: r["eval_top1"])["epoch"] if rows else None
-
-
-def _epoch_indices(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled order of epoch `epoch`: a pure function of seed and epoch, so resume can replay it."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
@@ -108,6 +115,23 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def feature_sources_for(teacher_spec: ArchSpec, student_spec: ArchSpec) -> list[int]:
+    """For each student block, the position in the teacher of the block it was cut from.
+
+    Both specs name blocks by their index in the original unpruned model (`source_index`); a teacher
+    that is itself a pruned artifact holds only some of them, at other positions.
+    """
+    position = {b.source_index: i for i, b in enumerate(teacher_spec.blocks)}
+    missing = [b.source_index for b in student_spec.blocks if b.source_index not in position]
+    if missing:
+        raise VitShrinkError(
+            f"hidden-state distillation: student blocks come from original blocks {missing}, which the teacher "
+            f"(original blocks {sorted(position)}) does not have; distill from the model the student was cut "
+            "from, or use --feature-weight 0"
+        )
+    return [position[b.source_index] for b in student_spec.blocks]
+
+
 def _block_outputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
     store: list[torch.Tensor] = []
     hooks = [blk.register_forward_hook(lambda m, a, out: store.append(out)) for blk in model.blocks]
@@ -131,18 +155,26 @@ def train(
 ) -> TrainResult:
     """Train `student` in place; with a `teacher`, by distillation (see `kd_loss`), else cross-entropy.
 
-    `feature_sources[i]` is the teacher block whose output student block i learns (hidden-state KD).
+    `feature_sources[i]` is the position in `teacher.blocks` of the block whose output student block i
+    learns (hidden-state KD; `feature_sources_for(teacher_spec, student_spec)` gives it).
     `should_stop(epoch, step)` is polled after every step, like Ctrl-C (tests use it to interrupt).
     """
+    use_feats = teacher is not None and config.kd.feature_weight > 0 and feature_sources is not None
+    if use_feats and (len(feature_sources) != len(student.blocks)
+                      or not all(0 <= j < len(teacher.blocks) for j in feature_sources)):
+        raise VitShrinkError(
+            f"feature_sources {list(feature_sources)} must give, for each of the student's {len(student.blocks)} "
+            f"blocks, a position among the teacher's {len(teacher.blocks)}; build it with feature_sources_for()"
+        )
     work_dir = Path(work_dir)
     ckpt_dir, log_path = work_dir / "checkpoint", work_dir / "log.jsonl"
     rank, world = ddp.rank(), ddp.world_size()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + rank)  # model randomness (dropout) differs across processes; data's is per sample
     student.to(device).train()
     for p in student.parameters():
         p.requires_grad_(True)
     if teacher is not None:
-        teacher.to(device).eval()  # frozen: only ever run under no_grad below
+        teacher.to(device).eval()  # frozen: only ever run under inference_mode below
     decay, no_decay = [], []
     for name, param in student.named_parameters():  # no decay on biases, norms, position embedding, tokens
         decays = param.ndim > 1 and "pos_embed" not in name and "token" not in name
@@ -151,68 +183,68 @@ def train(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
     )
-    n_local = len(range(rank, len(train_set), world))
-    steps_per_epoch = math.ceil(n_local / config.batch_size)
+    steps_per_epoch = math.ceil(samples_per_rank(len(train_set), world) / config.batch_size)  # same on every rank
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch), config.min_lr / config.lr)
     )
-    fingerprint = {"config": config.to_dict(), "train_size": len(train_set), "world_size": world}
+    settings = {k: v for k, v in config.to_dict().items() if k != "num_workers"}  # any worker count resumes
+    fingerprint = {"config": settings, "train_size": len(train_set), "world_size": world}
     start_epoch, start_step, history, seconds_before = 0, 0, [], 0.0
     if resume and has_checkpoint(ckpt_dir):
-        state = load_checkpoint(ckpt_dir, student, optimizer, scheduler)
-        if state["fingerprint"] != json.loads(json.dumps(fingerprint)):
-            raise VitShrinkError(
-                f"checkpoint in {ckpt_dir} was made with other settings; rerun with the same options or without --resume"
-            )
+        check_same(f"the checkpoint in {ckpt_dir}", read_state(ckpt_dir)["fingerprint"], fingerprint)
+        state = load_checkpoint(ckpt_dir, student, optimizer, scheduler, rank=rank)
         start_epoch, start_step = state["epoch"], state["step"]
         history, seconds_before = state["history"], state["seconds"]
     elif not resume and rank == 0 and log_path.exists():
         log_path.unlink()
     model = ddp.wrap(student)
-    use_feats = teacher is not None and config.kd.feature_weight > 0 and feature_sources is not None
     s_feats, s_hooks = _block_outputs(student) if use_feats else ([], [])
     t_feats, t_hooks = _block_outputs(teacher) if use_feats else ([], [])
-    amp_device = torch.device(device).type
+    amp_device, amp = torch.device(device).type, resolve_amp(config.amp, device)
     started = time.perf_counter()
 
     def checkpoint(epoch: int, step: int) -> None:
+        rng_states = ddp.gather(rng_state())  # every rank's: each resumes its own stream
         if rank == 0:
             elapsed = seconds_before + time.perf_counter() - started
             save_checkpoint(
                 ckpt_dir, student, optimizer, scheduler,
                 {"epoch": epoch, "step": step, "history": history, "seconds": elapsed, "fingerprint": fingerprint},
+                rng_states,
             )
         ddp.barrier()
+
+    samples = SeededSamples(train_set, config.seed)
 
     try:
         with _StopFlag() as stop:
             for epoch in range(start_epoch, config.epochs):
-                order = _epoch_indices(len(train_set), config.seed, epoch)[rank::world]
+                order = epoch_shard(len(train_set), config.seed, epoch, rank, world)
                 order = order[: steps_per_epoch * config.batch_size]
                 first = start_step if epoch == start_epoch else 0
                 # its own generator: creating the iterator must not draw from the global RNG, or a
-                # loader re-created mid-epoch on resume would shift every later augmentation
+                # loader re-created mid-epoch on resume would shift the model's RNG stream (dropout)
                 loader = DataLoader(
-                    train_set, batch_size=config.batch_size, sampler=order[first * config.batch_size :],
+                    samples, batch_size=config.batch_size, sampler=[(epoch, i) for i in order[first * config.batch_size :]],
                     num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed + epoch),
                 )
-                bar = tqdm(loader, total=steps_per_epoch - first, desc=f"{desc} {epoch + 1}/{config.epochs}",
-                           disable=not progress or rank != 0, dynamic_ncols=True)
+                bar = progress_bar(loader, total=steps_per_epoch - first, desc=f"{desc} {epoch + 1}/{config.epochs}",
+                                   enabled=progress and rank == 0, dynamic_ncols=True)
                 loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
                 model.train()
                 for step, (x, y) in enumerate(bar, start=first):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with torch.autocast(device_type=amp_device, dtype=torch.bfloat16, enabled=config.amp):
+                    with torch.autocast(device_type=amp_device, dtype=torch.bfloat16, enabled=amp):
                         s_feats.clear()
                         t_feats.clear()
                         logits = model(x)
                         if teacher is None:
                             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
                         else:
-                            with torch.no_grad():
+                            with torch.inference_mode():  # same autocast precision as the student
                                 t_logits = teacher(x)
                             t_sel = [t_feats[j] for j in feature_sources] if use_feats else None
                             loss = distillation_loss(logits, t_logits, y, config.kd, s_feats or None, t_sel)
@@ -228,21 +260,25 @@ def train(
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                     img_s=f"{rate * world:.0f}")
                     last_step = step + 1 == steps_per_epoch
-                    if not last_step and (stop.requested or (should_stop is not None and should_stop(epoch, step + 1))):
+                    # any_rank: a stop seen by one process (Ctrl-C, should_stop) stops all at the same step
+                    if not last_step and ddp.any_rank(
+                        stop.requested or (should_stop is not None and should_stop(epoch, step + 1))
+                    ):
                         checkpoint(epoch, step + 1)
                         raise TrainingInterrupted(
                             f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}; checkpoint saved in "
                             f"{ckpt_dir}; rerun the same command with --resume to continue"
                         )
                 bar.close()
-                metrics = evaluate(student, eval_loader, device=device, amp=config.amp) if eval_loader and rank == 0 else None
-                history.append(_epoch_row(epoch, loss_sum, seen, t0, scheduler, metrics))
+                train_seconds = time.perf_counter() - t0  # images/s of training alone, not the evaluation
+                metrics = evaluate(student, eval_loader, device=device, amp=amp) if eval_loader and rank == 0 else None
+                history.append(_epoch_row(epoch, loss_sum, seen, t0, scheduler, metrics, train_seconds, world, amp))
                 if rank == 0:
                     log_path.parent.mkdir(parents=True, exist_ok=True)
                     with open(log_path, "a") as f:
                         f.write(json.dumps(history[-1]) + "\n")
                 checkpoint(epoch + 1, 0)
-                if stop.requested or (should_stop is not None and should_stop(epoch + 1, 0)):
+                if ddp.any_rank(stop.requested or (should_stop is not None and should_stop(epoch + 1, 0))):
                     raise TrainingInterrupted(
                         f"{desc}: stopped after epoch {epoch + 1}; checkpoint saved in {ckpt_dir}; "
                         "rerun the same command with --resume to continue"
@@ -254,14 +290,16 @@ def train(
     return TrainResult(history=history, seconds=seconds_before + time.perf_counter() - started)
 
 
-def _epoch_row(epoch: int, loss_sum: float, seen: int, t0: float, scheduler, metrics: dict | None) -> dict:
+def _epoch_row(epoch: int, loss_sum: float, seen: int, t0: float, scheduler, metrics: dict | None,
+               train_seconds: float, world: int = 1, amp: bool = False) -> dict:
     seconds = time.perf_counter() - t0
     row = {
         "epoch": epoch + 1,
         "train_loss": round(loss_sum / max(seen, 1), 6),
         "lr": scheduler.get_last_lr()[0],
-        "seconds": round(seconds, 2),
-        "images_per_s": round(seen / max(seconds, 1e-9), 1),
+        "seconds": round(seconds, 2),  # training and the evaluation
+        "images_per_s": round(seen * world / max(train_seconds, 1e-9), 1),  # training steps only, all processes
+        "amp": amp,  # whether the steps ran under bf16 autocast ("auto" resolved)
     }
     if metrics:
         row.update(eval_top1=metrics["top1"], eval_top5=metrics["top5"], eval_loss=round(metrics["loss"], 6))

@@ -1,15 +1,21 @@
-"""Distillation: the KD loss and its gradient, a few steps that lower it, exact resume."""
+"""Distillation: the KD loss and its gradient, a few steps that lower it, exact resume, hidden states."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from compressor.artifact import load_artifact, save_artifact
 from compressor.data import build_dataset
+from compressor.errors import VitShrinkError
+from compressor.jobs import CompressJob, DataOptions, compress
 from compressor.kd_loss import KDWeights, distillation_loss, kd_loss
+from compressor.pipeline import CompressConfig
+from compressor.planner import Budget
 from compressor.spec import ArchSpec
 from compressor.surgery import PrunePlan, apply_plan
 from compressor.train import TrainConfig, TrainingInterrupted, train
@@ -98,7 +104,70 @@ def test_resume_with_other_settings_is_refused(digits_teacher, tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(student, _train_set(digits_teacher), None, config, tmp_path, progress=False,
               should_stop=lambda e, s: e == 1 and s == 0)
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(VitShrinkError, match=r"made with --batch-size 64, this run has --batch-size 32;.*without --resume"):
         train(student, _train_set(digits_teacher), None, TrainConfig(epochs=2, batch_size=32, max_steps_per_epoch=2),
               tmp_path, progress=False, resume=True)
     assert ArchSpec.from_model(student).depth == 2
+
+
+def test_resume_mid_epoch_with_workers_equals_uninterrupted(digits_teacher, tmp_path):
+    """Augmentation is a function of (seed, epoch, sample), not of which worker drew it or when."""
+    config = TrainConfig(epochs=1, batch_size=64, lr=1e-3, warmup_epochs=0, seed=1, max_steps_per_epoch=5,
+                         num_workers=2)
+    train_set = _train_set(digits_teacher)
+    straight, _ = _student(digits_teacher)
+    train(straight, train_set, None, config, tmp_path / "a", progress=False)
+    part, _ = _student(digits_teacher)
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        train(part, train_set, None, config, tmp_path / "b", progress=False, should_stop=lambda e, s: s == 3)
+    fresh, _ = _student(digits_teacher)
+    train(fresh, train_set, None, config, tmp_path / "b", progress=False, resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    in_process, _ = _student(digits_teacher)  # and the worker count does not change the result at all
+    train(in_process, train_set, None, dataclasses.replace(config, num_workers=0), tmp_path / "c", progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), in_process.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def _pruned_teacher(digits_teacher, folder):
+    """A real pruned artifact: the digits teacher without its middle block (original blocks 0 and 2)."""
+    model = copy.deepcopy(digits_teacher.model)
+    spec = apply_plan(model, digits_teacher.spec, PrunePlan(drop_blocks=(1,)))
+    save_artifact(folder, dataclasses.replace(digits_teacher, model=model, spec=spec), {"method": "test: block 1 cut"})
+    return load_artifact(folder)
+
+
+def test_feature_sources_follow_a_pruned_teacher(digits_teacher, tmp_path):
+    from compressor.train import feature_sources_for
+
+    teacher = _pruned_teacher(digits_teacher, tmp_path / "teacher")
+    assert [b.source_index for b in teacher.spec.blocks] == [0, 2]
+    assert feature_sources_for(teacher.spec, teacher.spec) == [0, 1]
+    only_last = ArchSpec(teacher.spec.embed_dim, teacher.spec.blocks[1:])
+    assert feature_sources_for(teacher.spec, only_last) == [1]
+    with pytest.raises(VitShrinkError, match=r"original blocks \[1\].*--feature-weight 0"):
+        feature_sources_for(teacher.spec, digits_teacher.spec)
+    # a student identical to the teacher, matched block to block: soft-target and hidden-state losses are 0
+    student = copy.deepcopy(teacher.model)
+    config = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1, kd=KDWeights(1.0, 2.0, feature_weight=1.0))
+    result = train(student, _train_set(digits_teacher), None, config, tmp_path / "run", teacher=teacher.model,
+                   feature_sources=feature_sources_for(teacher.spec, teacher.spec), progress=False)
+    assert result.history[0]["train_loss"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(VitShrinkError, match=r"position among the teacher's 2"):  # original indices passed as-is
+        train(student, _train_set(digits_teacher), None, config, tmp_path / "bad", teacher=teacher.model,
+              feature_sources=[0, 2], progress=False)
+
+
+def test_compress_with_feature_distillation_from_a_pruned_teacher(digits_teacher, tmp_path):
+    """Student blocks name original blocks 0 and 2; the teacher holds them at positions 0 and 1."""
+    _pruned_teacher(digits_teacher, tmp_path / "teacher")
+    config = CompressConfig(
+        budget=Budget.parse("flops=0.1"), stages=("width",), calib_batches=1, calib_batch_size=32,
+        train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=1, kd=KDWeights(0.7, 2.0, feature_weight=0.5)),
+    )
+    job = CompressJob(model=str(tmp_path / "teacher"), out=tmp_path / "student", config=config,
+                      data=DataOptions(dataset="digits", train_limit=64, eval_limit=64), progress=False)
+    report = compress(job, log=lambda *a, **k: None)
+    assert [b["source_index"] for b in report.final.spec["blocks"]] == [0, 2]
+    assert load_artifact(tmp_path / "student").spec.depth == 2

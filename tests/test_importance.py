@@ -7,13 +7,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from compressor.errors import VitShrinkError
 from compressor.gates import gated
-from compressor.importance import ScoringLoss, score
+from compressor.importance import ScoringLoss, score, score_blocks, score_units
 from compressor.spec import ArchSpec
 from compressor.surgery import PrunePlan, apply_plan
+from tests.conftest import tiny_vit
 
 
 def test_gates_at_one_change_nothing_and_at_zero_equal_the_cut(digits_teacher):
@@ -61,3 +63,64 @@ def test_baselines_and_unknown_criterion(digits_teacher, digits_calib):
     assert l1.neurons[0][5] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(VitShrinkError, match="taylor"):
         score(digits_teacher.model, digits_calib, "hessian")
+
+
+def _batches(n: int = 2) -> list:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+
+
+def _count_passes(model, monkeypatch) -> dict:
+    """Count forward passes of `model` and backward passes of anything, from now on."""
+    counts = {"forward": 0, "backward": 0}
+    model.register_forward_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
+    backward = torch.Tensor.backward
+
+    def counting_backward(self, *args, **kwargs):
+        counts["backward"] += 1
+        return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", counting_backward)
+    return counts
+
+
+@torch.no_grad()
+def _mean_ce(model, batches) -> float:
+    return float(np.mean([F.cross_entropy(model(x), y).item() for x, y in batches]))
+
+
+def test_block_ablation_is_one_evaluation_per_block_and_no_backward(monkeypatch):
+    model, batches = tiny_vit(depth=3), _batches()
+    base = _mean_ce(model, batches)
+    expected = []
+    for i in range(3):  # reference: the loss of the model with block i cut out, less the whole model's
+        cut = copy.deepcopy(model)
+        apply_plan(cut, ArchSpec.from_model(cut), PrunePlan(drop_blocks=(i,)))
+        expected.append(_mean_ce(cut, batches) - base)
+    counts = _count_passes(model, monkeypatch)
+    scores = score_blocks(model, batches, "ablation")
+    assert counts == {"forward": (3 + 1) * len(batches), "backward": 0}
+    np.testing.assert_allclose(scores.blocks, expected, rtol=1e-4, atol=1e-6)
+    assert scores.heads == () and scores.neurons == ()
+
+
+def test_width_ablation_does_not_ablate_blocks(monkeypatch):
+    model, batches = tiny_vit(depth=3), _batches()
+    full = score(model, batches, "ablation")
+    counts = _count_passes(model, monkeypatch)
+    units = score_units(model, batches, "ablation")
+    heads = sum(b.attn.num_heads for b in model.blocks)
+    # one Taylor pass (neurons), the baseline, one evaluation per head: no block is ablated
+    assert counts == {"forward": (1 + 1 + heads) * len(batches), "backward": len(batches)}
+    assert units.blocks.size == 0
+    for a, b in zip((*units.heads, *units.neurons), (*full.heads, *full.neurons), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "l1", "random"])
+def test_block_scores_alone_equal_those_of_a_full_scoring(criterion):
+    model, batches = tiny_vit(depth=3), _batches()
+    full = score(model, batches, criterion, seed=3)
+    blocks = score_blocks(model, batches, criterion, seed=3)
+    np.testing.assert_allclose(blocks.blocks, full.blocks, rtol=1e-6, atol=1e-9)
+    assert blocks.heads == () and blocks.to_dict()["blocks"] == full.to_dict()["blocks"]
