@@ -14,6 +14,7 @@ from compressor.kd_loss import KDWeights
 from compressor.pipeline import CompressConfig
 from compressor.planner import Budget
 from compressor.precision import AMP_CHOICES, amp_option
+from compressor.selection import KEEP_CHOICES
 from compressor.train import TrainConfig
 from exporters.command import export_command
 
@@ -107,6 +108,11 @@ def train_options(default_epochs: int, default_lr: float):
                          help="bf16 autocast for training (the teacher runs in the same precision). auto: on for "
                               "CUDA with bf16 and for CPUs with avx512_bf16/amx_bf16, off elsewhere (emulated "
                               "bf16 is slower than fp32)."),
+            click.option("--keep", type=click.Choice(KEEP_CHOICES), default="best", show_default=True,
+                         help="Which weights a training run keeps. best: of the starting weights and every "
+                              "epoch's, the best on the validation split (so distillation never keeps a student "
+                              "worse on validation than the cut); last: the last epoch's. Without a validation "
+                              "split (--val-split 0): the last."),
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints."),
         ]
@@ -123,7 +129,7 @@ def _train_config(kw: dict, default_epochs: int, **extra) -> TrainConfig:
     return TrainConfig(
         epochs=epochs, batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
         warmup_epochs=kw["warmup_epochs"], max_steps_per_epoch=kw["max_steps_per_epoch"], amp=amp_option(kw["amp"]),
-        seed=kw["seed"], num_workers=kw["workers"], **extra,
+        keep=kw["keep"], seed=kw["seed"], num_workers=kw["workers"], **extra,
     )
 
 

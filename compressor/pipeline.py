@@ -34,6 +34,7 @@ from compressor.planner import (
     plan_units,
     split_budget,
 )
+from compressor.precision import resolve_amp
 from compressor.resume import check_same
 from compressor.surgery import apply_plan
 from compressor.train import TrainConfig, feature_sources_for, train
@@ -100,6 +101,7 @@ class StageRecord:
     val_after_cut: dict | None = None  # after_cut/after_distill are on the test split; these on validation
     val_after_distill: dict | None = None  # (None without a validation split)
     images_per_s: float | None = None  # distillation throughput (training steps, teacher included)
+    kept_epoch: int | None = None  # which weights the stage kept: 0 = the cut, k = after epoch k
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,17 +207,23 @@ def run_compress(
             f"test top-1 {after_cut['top1']:.2%} (val {_top1(val_cut)}) before distillation")
         result = None
         if config.train.epochs > 0:
+            fp32 = not resolve_amp(config.train.amp, device)  # val_cut is an fp32 evaluation
             result = train(
                 model, data.train_set, data.val_loader, config.train, stage_dir,
                 teacher=t_model, feature_sources=feature_sources_for(teacher.spec, spec),
                 resume=resume, device=device, progress=progress, desc=f"distill ({stage})",
+                start_metrics=val_cut if fp32 else None,
             )
         after = val_after = None
-        if result:  # train() evaluated the final student on the validation split in fp32: no second pass
-            last = result.final
+        if result and result.kept_epoch == 0:  # distillation never beat the cut on validation: the cut stays
+            after, val_after = after_cut, val_cut
+            log(f"stage {index + 1} ({stage}): no epoch of distillation beat the cut on the validation split; "
+                "keeping the cut")
+        elif result:  # train() evaluated the kept student on the validation split: reuse it when in fp32
+            row = next((r for r in result.history if r["epoch"] == result.kept_epoch), {})
             after = _metrics(model, data.eval_loader, device)
-            val_after = ({"top1": round(last["eval_top1"], 5), "top5": round(last["eval_top5"], 5),
-                          "loss": round(last["eval_loss"], 5)} if "eval_top1" in last and last.get("amp") is False
+            val_after = ({"top1": round(row["eval_top1"], 5), "top5": round(row["eval_top5"], 5),
+                          "loss": round(row["eval_loss"], 5)} if "eval_top1" in row and row.get("amp") is False
                          else _metrics(model, data.val_loader, device))
         record = StageRecord(
             name=stage,
@@ -235,6 +243,7 @@ def run_compress(
             val_after_cut=val_cut,
             val_after_distill=val_after,
             images_per_s=result.images_per_s if result else None,
+            kept_epoch=result.kept_epoch if result else None,
         )
         records.append(record)
         current = dataclasses.replace(current, model=model, spec=spec, compression=None)
@@ -242,8 +251,8 @@ def run_compress(
             save_artifact(stage_dir / "artifact", current, {"stage": record.to_dict(), "config": config.to_dict()})
         ddp.barrier()
         if after:
-            log(f"stage {index + 1} ({stage}) distilled: test top-1 {after['top1']:.2%} (val {_top1(val_after)}) "
-                f"after {config.train.epochs} epochs, {result.images_per_s or 0:.0f} images/s")
+            log(f"stage {index + 1} ({stage}) distilled: test top-1 {after['top1']:.2%} (val {_top1(val_after)}), "
+                f"kept epoch {result.kept_epoch} of {config.train.epochs}, {result.images_per_s or 0:.0f} images/s")
     report = CompressReport(teacher=teacher_row, stages=records, artifact=out_dir if ddp.is_main() else None, budget=budget)
     if ddp.is_main():
         save_artifact(out_dir, current, {**_compression_record(teacher, config, report), "data": data.info})

@@ -12,12 +12,17 @@ if TYPE_CHECKING:
     from compressor.pipeline import CompressReport
 
 HEADER = ("model", "params (M)", "MACs (M)", "params -%", "MACs -%", "val top-1", "test top-1", "test top-5",
-          "Δ test top-1", "epochs", "img/s", "time (s)")
+          "Δ test top-1", "kept/epochs", "img/s", "time (s)")
 NO_VALUE = "–"
 
 
 def _pct(metrics: dict | None) -> str:
     return f"{metrics['top1']:.2%}" if metrics else NO_VALUE
+
+
+def _kept(stage) -> str:
+    """"2/3": the stage kept epoch 2's weights of 3 ("0/3": the cut itself); older records: "3"."""
+    return f"{stage.kept_epoch}/{stage.epochs}" if stage.kept_epoch is not None else str(stage.epochs)
 
 
 def report_rows(report: CompressReport) -> list[tuple[str, ...]]:
@@ -34,7 +39,7 @@ def report_rows(report: CompressReport) -> list[tuple[str, ...]]:
             d = s.after_distill
             rate = f"{s.images_per_s:.0f}" if s.images_per_s else ""
             rows.append((f"{i}. {s.name} + distill", *common, _pct(s.val_after_distill), f"{d['top1']:.2%}",
-                         f"{d['top5']:.2%}", f"{(d['top1'] - t['top1']) * 100:+.2f}", str(s.epochs), rate,
+                         f"{d['top5']:.2%}", f"{(d['top1'] - t['top1']) * 100:+.2f}", _kept(s), rate,
                          f"{s.distill_seconds:.0f}"))
     return rows
 

@@ -35,7 +35,7 @@ FLAGS = {
     "num_workers": "--workers", "max_steps_per_epoch": "--max-steps-per-epoch", "alpha": "--alpha",
     "temperature": "--temperature", "feature_weight": "--feature-weight", "dataset": "--dataset",
     "data_dir": "--data-dir", "train_limit": "--train-limit", "eval_limit": "--eval-limit", "augment": "--augment",
-    "val_split": "--val-split", "model": "--model", "checkpoint": "--checkpoint", "pretrained": "--pretrained",
+    "val_split": "--val-split", "keep": "--keep", "model": "--model", "checkpoint": "--checkpoint", "pretrained": "--pretrained",
 }
 _WORDS = {
     "teacher_sha256": "a teacher whose weights have sha256 {:.12}",

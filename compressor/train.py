@@ -5,8 +5,10 @@ evaluation each epoch, a JSON-lines log, a checkpoint each epoch and on Ctrl-C, 
 Under torchrun every process takes the same number of steps (`sampling.epoch_shard` pads the epoch's
 order by repeating its first indices), augments each sample from (seed, epoch, index) alone, and
 resumes its own RNG stream, so a resumed run, mid-epoch, with any worker count, is bit-identical.
-Kept student: the last epoch's (choosing the best epoch by the evaluation split would select on the
-data we report on); the best epoch is still recorded in the history.
+Kept student (`keep`): "best" (default) keeps, among the starting weights (the cut) and every epoch's,
+the one with the best top-1 on the evaluation loader given to `train`, which in `compress` is the
+validation split held out of the training data, never the test split (`compressor.selection`); "last"
+keeps the last epoch's. Without an evaluation loader the last epoch's is kept.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from compressor.precision import resolve_amp
 from compressor.progress import progress_bar
 from compressor.resume import check_same
 from compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
+from compressor.selection import KEEP_CHOICES, BestOnValidation
 from compressor.spec import ArchSpec
 
 
@@ -50,7 +53,12 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # DataLoader workers (results do not depend on it: see compressor.sampling)
     max_steps_per_epoch: int | None = None  # cap each epoch (quick runs); None = full pass
+    keep: str = "best"  # "best": the best of start + every epoch on the evaluation loader; "last"
     kd: KDWeights = field(default_factory=KDWeights)
+
+    def __post_init__(self):
+        if self.keep not in KEEP_CHOICES:
+            raise VitShrinkError(f"keep={self.keep!r}: use one of {', '.join(KEEP_CHOICES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +72,7 @@ class TrainingInterrupted(VitShrinkError):
 class TrainResult:
     history: list[dict]  # one row per epoch (what log.jsonl holds)
     seconds: float  # wall time across all runs of this stage (resumes included)
+    kept_epoch: int | None = None  # the epoch whose weights the student holds (0 = the starting weights)
 
     @property
     def final(self) -> dict:
@@ -152,12 +161,15 @@ def train(
     should_stop: Callable[[int, int], bool] | None = None,
     progress: bool = True,
     desc: str = "train",
+    start_metrics: dict | None = None,
 ) -> TrainResult:
     """Train `student` in place; with a `teacher`, by distillation (see `kd_loss`), else cross-entropy.
 
     `feature_sources[i]` is the position in `teacher.blocks` of the block whose output student block i
     learns (hidden-state KD; `feature_sources_for(teacher_spec, student_spec)` gives it).
     `should_stop(epoch, step)` is polled after every step, like Ctrl-C (tests use it to interrupt).
+    `start_metrics` (top1, loss of the starting weights on `eval_loader`, same precision) saves one
+    evaluation when `keep="best"`.
     """
     use_feats = teacher is not None and config.kd.feature_weight > 0 and feature_sources is not None
     if use_feats and (len(feature_sources) != len(student.blocks)
@@ -193,17 +205,26 @@ def train(
     settings = {k: v for k, v in config.to_dict().items() if k != "num_workers"}  # any worker count resumes
     fingerprint = {"config": settings, "train_size": len(train_set), "world_size": world}
     start_epoch, start_step, history, seconds_before = 0, 0, [], 0.0
+    amp_device, amp = torch.device(device).type, resolve_amp(config.amp, device)
+    best = BestOnValidation(work_dir / "best") if config.keep == "best" and eval_loader is not None else None
     if resume and has_checkpoint(ckpt_dir):
         check_same(f"the checkpoint in {ckpt_dir}", read_state(ckpt_dir)["fingerprint"], fingerprint)
+        if best is not None and rank == 0 and best.meta() is None:
+            raise VitShrinkError(f"the checkpoint in {ckpt_dir} has no kept best weights beside it "
+                                 f"({best.folder}); rerun without --resume to start over")
         state = load_checkpoint(ckpt_dir, student, optimizer, scheduler, rank=rank)
         start_epoch, start_step = state["epoch"], state["step"]
         history, seconds_before = state["history"], state["seconds"]
-    elif not resume and rank == 0 and log_path.exists():
-        log_path.unlink()
+    else:
+        if rank == 0 and log_path.exists():
+            log_path.unlink()
+        if best is not None and rank == 0:  # the starting weights (the cut) are the first candidate
+            best.clear()
+            m = start_metrics or evaluate(student, eval_loader, device=device, amp=amp)
+            best.offer(student, 0, m["top1"], m["loss"])
     model = ddp.wrap(student)
     s_feats, s_hooks = _block_outputs(student) if use_feats else ([], [])
     t_feats, t_hooks = _block_outputs(teacher) if use_feats else ([], [])
-    amp_device, amp = torch.device(device).type, resolve_amp(config.amp, device)
     started = time.perf_counter()
 
     def checkpoint(epoch: int, step: int) -> None:
@@ -273,6 +294,8 @@ def train(
                 train_seconds = time.perf_counter() - t0  # images/s of training alone, not the evaluation
                 metrics = evaluate(student, eval_loader, device=device, amp=amp) if eval_loader and rank == 0 else None
                 history.append(_epoch_row(epoch, loss_sum, seen, t0, scheduler, metrics, train_seconds, world, amp))
+                if best is not None and metrics is not None:
+                    best.offer(student, epoch + 1, metrics["top1"], metrics["loss"])
                 if rank == 0:
                     log_path.parent.mkdir(parents=True, exist_ok=True)
                     with open(log_path, "a") as f:
@@ -286,8 +309,14 @@ def train(
     finally:
         for h in (*s_hooks, *t_hooks):
             h.remove()
+    ddp.barrier()  # process 0 wrote the kept weights; every process loads the same
+    kept = config.epochs
+    if best is not None:
+        kept = best.meta()["epoch"]
+        if kept != config.epochs:
+            best.restore(student)
     student.eval()
-    return TrainResult(history=history, seconds=seconds_before + time.perf_counter() - started)
+    return TrainResult(history=history, seconds=seconds_before + time.perf_counter() - started, kept_epoch=kept)
 
 
 def _epoch_row(epoch: int, loss_sum: float, seen: int, t0: float, scheduler, metrics: dict | None,
