@@ -22,9 +22,11 @@ import numpy as np
 
 from benchmarks.errors import CompareError
 from benchmarks.methods import METHODS, MethodContext, get_method, metrics
+from benchmarks.paired import compare_correct, pack_correct, paired_bootstrap_ci, unpack_correct
 from benchmarks.timing import TimingPolicy
 from compressor.artifact import is_artifact, load_artifact, save_artifact
 from compressor.atomic import write_json_atomic
+from compressor.evaluate import predict_logits
 from compressor.flops import count_macs, count_params
 from compressor.jobs import DataOptions, build_compress_data
 from compressor.loaded import LoadedModel
@@ -60,7 +62,8 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0,)
     latency: LatencyOptions = field(default_factory=LatencyOptions)
     eval_batch: int = 256
-    out_dir: Path = Path("runs/compare")
+    out_dir: Path = Path("runs/compare")  # work: artifacts, checkpoints, the teacher's ONNX graph
+    results_dir: Path | None = None  # rows/*.json and compare.json/.md/.png (small, to commit); default out_dir
     resume: bool = False
     progress: bool = False  # pipeline log lines and progress bars
     command: str | None = None  # the command line that asked for this run, recorded in the outputs
@@ -75,6 +78,10 @@ class CompareConfig:
         if tuple(self.paper.stages) != ("width", "depth"):
             raise CompareError(f"the reference method runs width then depth, got stages {self.paper.stages}")
 
+    @property
+    def results(self) -> Path:
+        return Path(self.results_dir) if self.results_dir is not None else Path(self.out_dir)
+
     def ordered_methods(self) -> list[str]:
         """The chosen methods in registry order, so a method runs after those it reads (scratch after vitshrink)."""
         return [name for name in METHODS if name in self.methods]
@@ -86,7 +93,8 @@ class CompareConfig:
         return {
             "teacher": self.teacher, "paper": self.paper.to_dict(), "data": dataclasses.asdict(self.data),
             "methods": list(self.methods), "seeds": list(self.seeds), "latency": self.latency.to_dict(),
-            "eval_batch": self.eval_batch, "out_dir": str(self.out_dir), "resume": self.resume,
+            "eval_batch": self.eval_batch, "out_dir": str(self.out_dir), "results_dir": str(self.results),
+            "resume": self.resume,
             "total_distill_epochs": self.paper.train.epochs * len(self.paper.stages),
         }
 
@@ -122,7 +130,8 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] | None = None)
     teacher = load_model(config.teacher)
     data = build_data(teacher, config.data, config.paper, config.eval_batch)
     teacher_row = {"params": count_params(teacher.model), "macs": count_macs(teacher.model),
-                   **metrics(teacher.model, data.eval_loader)}
+                   **metrics(teacher.model, data.eval_loader),
+                   "val": metrics(teacher.model, data.val_loader) if data.val_loader is not None else None}
     log(f"teacher {config.teacher}: {teacher_row['params'] / 1e6:.3f} M params, {teacher_row['macs'] / 1e6:.1f} M MACs, "
         f"top-1 {teacher_row['top1']:.2%} on {len(data.eval_loader.dataset)} eval images")
     teacher_dir = _teacher_folder(teacher, config, out / TEACHER_DIR)
@@ -134,7 +143,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] | None = None)
         return _document(config, fingerprint, teacher_row, environment, rows, time.perf_counter() - started)
 
     for index, (seed, name) in enumerate(plan, start=1):
-        path = row_path(out, name, seed)
+        path = row_path(config.results, name, seed)
         if config.resume and path.is_file():
             rows[(name, seed)] = read_row(path, fingerprint)
             log(f"[{index}/{len(plan)}] {name} seed {seed}: finished earlier ({path})")
@@ -147,9 +156,9 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] | None = None)
         log(f"[{index}/{len(plan)}] {name} seed {seed}: done in {row['wall_seconds']:.0f} s: top-1 "
             f"{row['final']['top1']:.2%} (after cut {row['after_cut']['top1']:.2%}), MACs "
             f"-{row['reduction_flops']:.1%}, ORT latency x{_ratio_text(row)} of the teacher")
-        write_outputs(document(), out)
+        write_outputs(document(), config.results)
     result = document()
-    paths = write_outputs(result, out)
+    paths = write_outputs(result, config.results)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     return result
 
@@ -166,7 +175,7 @@ def _check_needs(config: CompareConfig) -> None:
         if reason:
             raise CompareError(f"{reason}; or leave {name} out of the methods")
         for need in get_method(name).needs:
-            missing = [s for s in config.seeds if not row_path(config.out_dir, need, s).is_file()]
+            missing = [s for s in config.seeds if not row_path(config.results, need, s).is_file()]
             if need not in config.methods and missing:
                 raise CompareError(f"{name} reads the {need} result of the same seed, and {config.out_dir} has none "
                                    f"for seeds {missing}: add {need} to the methods")
@@ -193,8 +202,8 @@ def _earlier(config: CompareConfig, rows: dict, name: str, seed: int) -> dict[st
     for need in get_method(name).needs:
         if (need, seed) in rows:
             found[need] = rows[(need, seed)]
-        elif row_path(config.out_dir, need, seed).is_file() and (config.resume or need not in config.methods):
-            found[need] = read_row(row_path(config.out_dir, need, seed), config.fingerprint())
+        elif row_path(config.results, need, seed).is_file() and (config.resume or need not in config.methods):
+            found[need] = read_row(row_path(config.results, need, seed), config.fingerprint())
     return found
 
 
@@ -265,6 +274,7 @@ def run_row(config: CompareConfig, name: str, seed: int, teacher: LoadedModel, d
     run_seconds = time.perf_counter() - started
     student = load_artifact(outcome.artifact)  # what is measured is what was saved
     params, macs = count_params(student.model), count_macs(student.model)
+    logits, labels = predict_logits(student.model, data.eval_loader)  # per image: for paired comparisons
     latency = ort_latency(teacher_dir, outcome.artifact, config.latency)
     return {
         "schema": SCHEMA,
@@ -277,6 +287,8 @@ def run_row(config: CompareConfig, name: str, seed: int, teacher: LoadedModel, d
         "stages": list(outcome.stages),
         "after_cut": outcome.stages[0]["after_cut"],  # the first cut (or init), before any training
         "final": outcome.final,
+        "final_val": outcome.final_val,  # validation split (held out of training): what choices may read
+        "test_correct": pack_correct((logits.argmax(1) == labels).numpy()),  # test images, in loader order
         "params": params,
         "macs": macs,
         "reduction_params": round(1 - params / teacher_row["params"], 5),
@@ -321,8 +333,40 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
         summary = {key: spread([get(r) for r in mine]) for key, get in SUMMARY_FIELDS.items()}
         for batch in mine[0]["latency"]["batches"]:
             summary[f"latency_ratio_b{batch}"] = spread([r["latency"]["batches"][batch]["latency_ratio"] for r in mine])
+        if all(r.get("final_val") for r in mine):
+            summary["final_val_top1"] = spread([r["final_val"]["top1"] for r in mine])
         summary["seeds"] = [r["seed"] for r in mine]
         out[name] = summary
+    return out
+
+
+REFERENCE_METHOD = "vitshrink"
+
+
+def paired(rows: list[dict], reference: str = REFERENCE_METHOD) -> dict[str, dict]:
+    """Every other method against `reference` on the same test images: per seed, and over the shared seeds.
+
+    Per seed: accuracy difference (reference − other), 95% paired bootstrap interval, discordant images,
+    exact McNemar p, verdict (better / worse / tie: the interval contains 0). Over seeds: the mean
+    difference, its interval from resampling the same images for every seed.
+    """
+    def correct(row: dict):
+        return unpack_correct(row["test_correct"]) if row.get("test_correct") else None
+
+    ref = {r["seed"]: correct(r) for r in rows if r["method"] == reference and r.get("test_correct")}
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != reference):
+        other = {r["seed"]: correct(r) for r in rows if r["method"] == name and r.get("test_correct")}
+        seeds = sorted(set(ref) & set(other))
+        if not seeds:
+            continue
+        per_seed = {str(s): compare_correct(ref[s], other[s], seed=s) for s in seeds}
+        a, b = np.stack([ref[s] for s in seeds]), np.stack([other[s] for s in seeds])
+        low, high = paired_bootstrap_ci(a, b)
+        delta = float(a.mean() - b.mean())
+        verdict = "tie" if low <= 0.0 <= high else ("better" if low > 0 else "worse")
+        out[name] = {"reference": reference, "seeds": seeds, "per_seed": per_seed,
+                     "pooled": {"delta": delta, "ci95": [low, high], "verdict": verdict}}
     return out
 
 
@@ -341,6 +385,7 @@ def _document(config: CompareConfig, fingerprint: str, teacher_row: dict, enviro
         "methods": {n: get_method(n).description for n in config.ordered_methods()},
         "rows": ordered,
         "summary": summarize(ordered),
+        "paired": paired(ordered),
         "complete": len(ordered) == len(config.seeds) * len(config.methods),
         "wall_seconds": round(seconds, 1),
     }

@@ -81,6 +81,11 @@ def _budget(ctx, param, value: str):
               help="Batch sizes of the latency ratios.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
               show_default=True)
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the per-(method, seed) rows and compare.json/.md/.png (small files to commit) "
+                   "[default: --out].")
+@click.option("--val-split", type=float, default=None,
+              help="Validation images held out of training (fraction < 1 or count) [default: 10%, at most 5,000].")
 @click.option("--resume", is_flag=True, help="Skip finished methods; continue interrupted distillation.")
 @click.option("--quick", is_flag=True, help="Smoke mode of a few minutes (small subsets, 4 steps per epoch, "
                                             "2 calibration batches, short latency timing).")
@@ -108,16 +113,20 @@ def main(**kw) -> None:
             teacher=kw["teacher"],
             paper=CompressConfig(budget=kw["budget"], calib_batches=opt["calib_batches"], train=train),
             data=DataOptions(dataset=kw["dataset"], data_dir=data_dir, train_limit=opt["train_limit"],
-                             eval_limit=opt["eval_limit"]),
+                             eval_limit=opt["eval_limit"], val_split=_val_split(kw["val_split"])),
             methods=kw["methods"], seeds=kw["seeds"],
             latency=LatencyOptions(threads=kw["threads"], batch_sizes=kw["latency_batches"], timing=timing),
-            out_dir=kw["out"], resume=kw["resume"], progress=kw["progress"], command=command,
+            out_dir=kw["out"], results_dir=kw["results"], resume=kw["resume"], progress=kw["progress"], command=command,
         )
         result = run_compare(config, log=click.echo)
     except VitShrinkError as e:
         raise click.ClickException(str(e)) from e
     header, rows = summary_rows(result)
     click.echo("\n" + format_table(rows, header))
+
+
+def _val_split(value: float | None) -> float | int | None:
+    return int(value) if value is not None and value >= 1 else value
 
 
 def _command_line(kw: dict, opt: dict, data_dir: str | None) -> str:
@@ -131,6 +140,8 @@ def _command_line(kw: dict, opt: dict, data_dir: str | None) -> str:
              "--methods", ",".join(kw["methods"]), "--seeds", ",".join(map(str, kw["seeds"])),
              "--threads", kw["threads"], "--latency-batches", ",".join(map(str, kw["latency_batches"])),
              "--out", kw["out"]]
+    args += ["--results", kw["results"]] if kw["results"] else []
+    args += ["--val-split", kw["val_split"]] if kw["val_split"] is not None else []
     args += ["--quick"] if kw["quick"] else []
     return "python -m benchmarks.compare_methods " + " ".join(shlex.quote(str(a)) for a in args)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -33,7 +34,8 @@ def _value(s: dict, scale: float = 1.0, fmt: str = ".2f") -> str:
     return text
 
 
-HEADER = ("method", "seeds", "top-1 after cut (%)", "top-1 final (%)", "top-5 final (%)", "Δ top-1 (pp)",
+HEADER = ("method", "seeds", "top-1 after cut (%)", "val top-1 final (%)", "top-1 final (%)", "top-5 final (%)",
+          "Δ top-1 (pp)",
           "params (M)", "params −%", "MACs (M)", "MACs −%")
 
 
@@ -41,12 +43,14 @@ def summary_rows(data: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     batches = [str(b) for b in data["config"]["latency"]["batch_sizes"]]
     header = (*HEADER, *(f"ORT latency / teacher (b{b})" for b in batches), "wall (s)")
     t = data["teacher"]
-    rows = [("teacher", "", "", f"{t['top1'] * 100:.2f}", f"{t['top5'] * 100:.2f}", "", f"{t['params'] / 1e6:.3f}",
+    t_val = f"{t['val']['top1'] * 100:.2f}" if t.get("val") else "-"
+    rows = [("teacher", "", "", t_val, f"{t['top1'] * 100:.2f}", f"{t['top5'] * 100:.2f}", "", f"{t['params'] / 1e6:.3f}",
              "0.0", f"{t['macs'] / 1e6:.1f}", "0.0", *("1.00" for _ in batches), "")]
     for name, s in data["summary"].items():
         delta = {k: s["final_top1"][k] - t["top1"] for k in ("mean", "min", "max")} | {"n": s["final_top1"]["n"]}
         rows.append((
-            name, ",".join(str(x) for x in s["seeds"]), _value(s["after_cut_top1"], 100), _value(s["final_top1"], 100),
+            name, ",".join(str(x) for x in s["seeds"]), _value(s["after_cut_top1"], 100),
+            _value(s["final_val_top1"], 100) if "final_val_top1" in s else "-", _value(s["final_top1"], 100),
             _value(s["final_top5"], 100), _value(delta, 100, "+.2f"), _value(s["params"], 1e-6, ".3f"),
             _value(s["reduction_params"], 100, ".1f"), _value(s["macs"], 1e-6, ".1f"),
             _value(s["reduction_flops"], 100, ".1f"),
@@ -95,6 +99,36 @@ def _setup(data: dict) -> list[str]:
         f"- Machine: {env.get('cpu')}, {env.get('usable_cpus')} usable CPUs, load {env.get('load_average')}; {versions}.",
         f"- Seeds: {', '.join(str(s) for s in c['seeds'])}; with more than one, cells read mean (min–max).",
     ]
+
+
+PAIRED_HEADER = ("method", "seed", "reference − method (pp)", "95% paired CI (pp)", "only reference right",
+                 "only method right", "McNemar p", "verdict")
+
+
+def paired_rows(data: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The reference method against each other method on the same test images, per seed and over seeds."""
+    rows = []
+    for name, p in data.get("paired", {}).items():
+        for seed, c in p["per_seed"].items():
+            rows.append((name, seed, f"{c['delta'] * 100:+.2f}", f"{c['ci95'][0] * 100:+.2f} … {c['ci95'][1] * 100:+.2f}",
+                         str(c["only_a"]), str(c["only_b"]), f"{c['mcnemar_p']:.3g}", c["verdict"]))
+        pooled = p["pooled"]
+        rows.append((name, "mean of " + ",".join(map(str, p["seeds"])), f"{pooled['delta'] * 100:+.2f}",
+                     f"{pooled['ci95'][0] * 100:+.2f} … {pooled['ci95'][1] * 100:+.2f}", "", "", "", pooled["verdict"]))
+    return PAIRED_HEADER, rows
+
+
+def paired_markdown(data: dict) -> list[str]:
+    header, rows = paired_rows(data)
+    if not rows:
+        return []
+    reference = next(iter(data["paired"].values()))["reference"]
+    n = next(iter(next(iter(data["paired"].values()))["per_seed"].values()))["n"]
+    return [f"## Paired: `{reference}` against each method, same {n:,} test images", "",
+            markdown_table(rows, header),
+            "Positive: the reference is more accurate. CI: 95% bootstrap over images (both models resampled "
+            "together; over seeds, the same images for every seed). A CI that contains 0 is a tie. McNemar: "
+            "exact two-sided test on the images only one of the two got right.", ""]
 
 
 def _notes(data: dict) -> list[str]:
@@ -146,6 +180,7 @@ def markdown(data: dict) -> str:
         *(f"- `{name}`: {text}" for name, text in data["methods"].items()),
         "",
     ]
+    lines += paired_markdown(data)
     notes = _notes(data)
     if notes:
         lines += ["## Notes", "", *notes, ""]
@@ -180,3 +215,15 @@ def save_plot(data: dict, path: Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
+
+
+def readme_tables(data: dict) -> str:
+    """The summary and the paired table of a compare.json, as markdown (what the README shows)."""
+    header, rows = summary_rows(data)
+    return "\n".join([markdown_table(rows, header), *paired_markdown(data)])
+
+
+if __name__ == "__main__":  # python -m benchmarks.compare_report RESULTS/compare.json
+    import sys
+
+    print(readme_tables(json.loads(Path(sys.argv[1]).read_text())))

@@ -28,6 +28,7 @@ from compressor.flops import count_macs, count_params
 from compressor.importance import calibration_batches
 from compressor.loaded import LoadedModel
 from compressor.pipeline import CompressConfig, CompressData, StageRecord, run_compress
+from compressor.precision import resolve_amp
 from compressor.spec import ArchSpec
 from compressor.surgery import reshape_to_spec
 from compressor.train import TrainConfig, train
@@ -59,9 +60,10 @@ class MethodContext:
 class MethodOutcome:
     artifact: Path  # the final student, a vitshrink artifact folder
     stages: tuple[dict, ...]  # per cut (or init) and its training: name, after_cut, after_train, epochs, seconds
-    final: dict  # top1, top5, loss of the final student on the evaluation split
+    final: dict  # top1, top5, loss of the final student on the evaluation (test) split
     config: dict  # what the method ran with
     details: dict = field(default_factory=dict)  # method-specific facts (e.g. Torch-Pruning's ratio)
+    final_val: dict | None = None  # the same on the validation split (held out of training): for choosing
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ def _teacher_copy(teacher: LoadedModel) -> LoadedModel:
 def _stage_row(record: StageRecord) -> dict:
     return {"name": record.name, "after_cut": record.after_cut, "after_train": record.after_distill,
             "epochs": record.epochs if record.after_distill else 0, "train_seconds": record.distill_seconds,
+            "kept_epoch": record.kept_epoch,
             "reduction_flops": record.reduction_flops, "reduction_params": record.reduction_params}
 
 
@@ -122,7 +125,9 @@ def _pipeline(ctx: MethodContext, stages: tuple[str, ...], criterion: str, block
     report = run_compress(_teacher_copy(ctx.teacher), ctx.data, config, out, ctx.folder / "work",
                           resume=ctx.resume, progress=ctx.progress, log=ctx.log)
     final = report.final.after_distill or report.final.after_cut
-    return MethodOutcome(out, tuple(_stage_row(r) for r in report.stages), final, config.to_dict())
+    final_val = report.final.val_after_distill or report.final.val_after_cut
+    return MethodOutcome(out, tuple(_stage_row(r) for r in report.stages), final, config.to_dict(),
+                         final_val=final_val)
 
 
 @register("vitshrink", "the paper: Taylor heads/neurons -> width cut -> distill -> block ablation -> depth cut -> distill")
@@ -167,18 +172,25 @@ def _train_and_save(ctx: MethodContext, loaded: LoadedModel, stage: dict, *, dis
     if not distill:
         config = dataclasses.replace(config, lr=SCRATCH_LR)
     final = stage["after_cut"]
+    final_val = metrics(loaded.model, ctx.data.val_loader) if ctx.data.val_loader is not None else None
     model, reference = loaded.model, ctx.teacher.model
     stage = {**stage, "reduction_flops": round(1 - count_macs(model) / count_macs(reference), 5),
              "reduction_params": round(1 - count_params(model) / count_params(reference), 5)}
     if config.epochs > 0:
-        result = train(loaded.model, ctx.data.train_set, ctx.data.eval_loader, config, ctx.folder / "train",
+        # per-epoch evaluation and the kept epoch (`keep`) read the validation split, never the test split
+        result = train(loaded.model, ctx.data.train_set, ctx.data.val_loader, config, ctx.folder / "train",
                        teacher=ctx.teacher.model if distill else None, resume=ctx.resume, progress=ctx.progress,
-                       desc=f"{'distill' if distill else 'train'} ({stage['name']})")
+                       desc=f"{'distill' if distill else 'train'} ({stage['name']})",
+                       start_metrics=final_val if not resolve_amp(config.amp, "cpu") else None)
         final = metrics(loaded.model, ctx.data.eval_loader)
-        stage = {**stage, "after_train": final, "epochs": config.epochs, "train_seconds": round(result.seconds, 1)}
+        if ctx.data.val_loader is not None:
+            final_val = metrics(loaded.model, ctx.data.val_loader)
+        stage = {**stage, "after_train": final, "epochs": config.epochs, "train_seconds": round(result.seconds, 1),
+                 "kept_epoch": result.kept_epoch}
     out = ctx.folder / "artifact"
     save_artifact(out, loaded, {**record, "train": config.to_dict(), "stage": stage})
-    return MethodOutcome(out, (stage,), final, {"train": config.to_dict(), **record.get("config", {})})
+    return MethodOutcome(out, (stage,), final, {"train": config.to_dict(), **record.get("config", {})},
+                         final_val=final_val)
 
 
 @register("torch-pruning", "Torch-Pruning GroupTaylor + global BasePruner (heads and MLP channels), then distillation",

@@ -170,8 +170,8 @@ def test_summary_gives_mean_and_spread_over_seeds():
     data = {"config": {"latency": {"batch_sizes": [1]}}, "summary": summary,
             "teacher": {"top1": 0.9, "top5": 1.0, "params": 20, "macs": 100}}
     _, rows = summary_rows(data)
-    assert rows[1][:4] == ("a", "0,1", "85.00 (80.00–90.00)", "85.00 (80.00–90.00)")
-    assert rows[1][5] == "-5.00 (-10.00–+0.00)" and rows[2][3] == "50.00"
+    assert rows[1][:5] == ("a", "0,1", "85.00 (80.00–90.00)", "-", "85.00 (80.00–90.00)")  # no val in these rows
+    assert rows[1][6] == "-5.00 (-10.00–+0.00)" and rows[2][4] == "50.00"
 
 
 # ---------------------------------------------------------------- Torch-Pruning
