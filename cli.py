@@ -12,6 +12,7 @@ from compressor.errors import VitShrinkError
 from compressor.importance import CRITERIA
 from compressor.kd_loss import KDWeights
 from compressor.pipeline import CompressConfig
+from compressor.plan_file import read_plan
 from compressor.planner import Budget
 from compressor.precision import AMP_CHOICES, amp_option
 from compressor.selection import KEEP_CHOICES
@@ -153,6 +154,7 @@ def compress_config(kw: dict) -> CompressConfig:
             criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
             train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
+            plan=read_plan(kw["plan_file"]).to_dict() if kw.get("plan_file") else None,
         )
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
@@ -184,6 +186,10 @@ def main() -> None:
               help="Share of the target reduction assigned to depth (blocks), the rest to width.")
 @click.option("--depth-blocks", type=click.IntRange(min=0), default=None,
               help="Remove exactly N blocks in the depth stage (overrides --depth-share).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Apply this plan instead of scoring and planning: a plan.json an earlier run wrote in its work "
+                   "folder (stageN-*/plan.json), possibly edited; one cut, then distillation. --reduce, --stages, "
+                   "--width-steps, --depth-share and --depth-blocks do not apply to it.")
 @click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="taylor", show_default=True,
               help="Head/neuron importance.")
 @click.option("--block-criterion", type=click.Choice(sorted(CRITERIA)), default="ablation", show_default=True,
@@ -210,6 +216,13 @@ def compress(**kw) -> None:
     from compressor.jobs import CompressJob
     from compressor.jobs import compress as run
 
+    if kw["plan_file"] is not None:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("budget", "stages", "width_steps", "depth_share", "depth_blocks")
+                 if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--plan applies a given plan; {', '.join(given).replace('--budget', '--reduce')} "
+                                   "would be ignored: leave them out")
     config = compress_config(kw)
     if kw["model"] is None and kw["dataset"] != "digits":
         raise click.BadParameter("--model is required unless --dataset digits (the embedded default)")

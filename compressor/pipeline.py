@@ -22,6 +22,7 @@ from compressor.evaluate import evaluate
 from compressor.flops import count_macs, count_params
 from compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
 from compressor.loaded import LoadedModel
+from compressor.plan_file import check_plan, write_plan
 from compressor.planner import (
     TOLERANCE,
     Budget,
@@ -36,10 +37,11 @@ from compressor.planner import (
 )
 from compressor.precision import resolve_amp
 from compressor.resume import check_same
-from compressor.surgery import apply_plan
+from compressor.surgery import PrunePlan, apply_plan
 from compressor.train import TrainConfig, feature_sources_for, train
 
 STAGES = ("width", "depth")
+PLAN_FILE = "plan.json"  # in each stage's work folder
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class CompressConfig:
     round_to: int = 8
     train: TrainConfig = field(default_factory=TrainConfig)  # distillation after every cut
     seed: int = 0
+    plan: dict | None = None  # a given plan (`PrunePlan.to_dict` form): one stage, cut as given, no scoring or budget
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -66,6 +69,13 @@ class CompressConfig:
             raise BudgetError("depth may appear once, as the last stage (the paper's order: width, then depth)")
         if not 0.0 <= self.depth_share <= 1.0:
             raise BudgetError(f"--depth-share must be in [0, 1], got {self.depth_share}")
+        if self.plan is not None:
+            PrunePlan.from_dict(self.plan)  # malformed: one message now, before any work
+
+    @property
+    def run_stages(self) -> tuple[str, ...]:
+        """The stages this config runs: the given plan's single stage, or `stages`."""
+        return ("plan",) if self.plan is not None else self.stages
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -156,9 +166,9 @@ def run_compress(
     t_model = teacher.model.to(device).eval()
     reference = model_cost(t_model, metric)
     # the budget decisions that need no scores, taken before any work: blocks for depth, the rest for width
-    split = split_budget(model_costs(t_model, metric), budget, width="width" in config.stages,
-                         depth="depth" in config.stages, depth_share=config.depth_share,
-                         depth_blocks=config.depth_blocks)
+    split = None if config.plan is not None else split_budget(
+        model_costs(t_model, metric), budget, width="width" in config.stages, depth="depth" in config.stages,
+        depth_share=config.depth_share, depth_blocks=config.depth_blocks)
     teacher_row = {
         "params": count_params(t_model),
         "macs": count_macs(t_model),
@@ -167,14 +177,14 @@ def run_compress(
     teacher_row.setdefault("val", _metrics(t_model, data.val_loader, device))
     log(f"teacher: {teacher_row['params'] / 1e6:.3f} M params, {teacher_row['macs'] / 1e6:.1f} M MACs, "
         f"test top-1 {teacher_row['top1']:.2%} (val {_top1(teacher_row['val'])})")
-    log(split.describe())
+    log(split.describe() if split else "a given plan (--plan): no scoring, no budget; cut as the plan says")
     n_width = config.stages.count("width")
     current = copy.deepcopy(teacher)
     records: list[StageRecord] = []
     calib = calibration_batches(data.calib_loader, config.calib_batches, ddp.rank(), ddp.world_size())
-    for index, stage in enumerate(config.stages):
+    for index, stage in enumerate(config.run_stages):
         stage_dir = work_dir / f"stage{index + 1}-{stage}"
-        if not split.runs(stage):  # nothing for it to remove (the split's line says why)
+        if split is not None and not split.runs(stage):  # nothing for it to remove (the split's line says why)
             continue
         if resume and is_artifact(stage_dir / "artifact"):
             current = load_artifact(stage_dir / "artifact")
@@ -189,7 +199,10 @@ def run_compress(
         model = current.model.to(device)
         cut_before = reference - model_cost(model, metric)
         loss = ScoringLoss(config.scoring_loss, teacher=t_model if cut_before > 0 else None)
-        if stage == "width":
+        if stage == "plan":
+            plan, scores = PrunePlan.from_dict(config.plan), None
+            check_plan(plan, model, "--plan")
+        elif stage == "width":
             step = config.stages[: index + 1].count("width")
             target = split.width_removed * step / n_width
             final = step == n_width and not split.runs("depth")
@@ -201,6 +214,8 @@ def run_compress(
             planned, scores = _depth_cut(model, calib, config, loss, split, reference)
             plan = planned.plan
             log(planned.describe())
+        if ddp.is_main():  # the plan as a document, before anything is cut (`--plan` takes it back)
+            write_plan(stage_dir / PLAN_FILE, plan, model, note=f"stage {index + 1} ({stage}) of {teacher.name}")
         spec = apply_plan(model, current.spec, plan)
         after_cut, val_cut = _metrics(model, data.eval_loader, device), _metrics(model, data.val_loader, device)
         log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - model_cost(model, metric) / reference:.1%}, "

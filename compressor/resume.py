@@ -23,7 +23,7 @@ from compressor.reading import read_json
 
 RUN_FILE = "run.json"
 # what a run leaves in its work folder besides run.json (removed when a run starts over there without --resume)
-_RUN_ENTRIES = re.compile(r"(stage\d+-(width|depth)|checkpoint|log\.jsonl)")
+_RUN_ENTRIES = re.compile(r"(stage\d+-(width|depth|plan)|checkpoint|log\.jsonl)")
 
 # the command-line option each recorded setting comes from (settings without one are named as they are)
 FLAGS = {

@@ -27,11 +27,28 @@ class PrunePlan:
     drop_blocks: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
+        """Which heads and neurons stay, by index (lossless: `PrunePlan.from_dict` gives the plan back)."""
         return {
             "keep_heads": {str(k): list(v) for k, v in sorted(self.keep_heads.items())},
-            "keep_neurons": {str(k): len(v) for k, v in sorted(self.keep_neurons.items())},
+            "keep_neurons": {str(k): list(v) for k, v in sorted(self.keep_neurons.items())},
             "drop_blocks": list(self.drop_blocks),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrunePlan:
+        """The plan `to_dict` wrote (shape checks only; `plan_file.check_plan` checks it against a model)."""
+        unknown = set(d) - {"keep_heads", "keep_neurons", "drop_blocks"}
+        if unknown:
+            raise BudgetError(f"plan has unknown fields {sorted(unknown)}; it takes keep_heads, keep_neurons, drop_blocks")
+        try:
+            return cls(
+                keep_heads={int(k): tuple(int(i) for i in v) for k, v in d.get("keep_heads", {}).items()},
+                keep_neurons={int(k): tuple(int(i) for i in v) for k, v in d.get("keep_neurons", {}).items()},
+                drop_blocks=tuple(int(i) for i in d.get("drop_blocks", [])),
+            )
+        except (TypeError, ValueError, AttributeError) as e:
+            raise BudgetError(f"plan is malformed ({e}): keep_heads and keep_neurons map a block index to a list of "
+                              "indices to keep, drop_blocks is a list of block indices") from None
 
 
 def _select(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
