@@ -2,11 +2,12 @@
 cost model read.
 
 A head of any supported attention owns `head_dim` rows of each of q, k and v (fused `qkv` laid out
-(3, heads, head_dim), or q/v biases), `head_dim` channels of a norm inside the attention width, its
-`head_dim` columns of `proj`, and — with relative position bias — its column of the bias table or its
-output row of the bias MLP. A neuron owns one row of `fc1` (two for a GLU: value and gate), one channel
-of a norm inside the hidden width and one column of `fc2`. Cutting = copying the module and keeping the
-chosen entries of exactly those tensors; everything else (head_dim, q/k norms, layer scale) is untouched.
+(3, heads, head_dim), EVA's separate `q_proj`/`k_proj`/`v_proj`, q/v biases), `head_dim` channels of a
+norm inside the attention width, its `head_dim` columns of `proj`, and — with relative position bias —
+its column of the bias table or its output row of the bias MLP. A neuron owns one row of `fc1` (two for
+a GLU: value and gate), one channel of a norm inside the hidden width and one column of `fc2`. Cutting =
+copying the module and keeping the chosen entries of exactly those tensors; everything else (head_dim,
+q/k norms, rotary embedding, layer scale) is untouched.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import torch
 from timm.layers import Attention, GluMlp, Mlp, SwiGLU
 from timm.layers.pos_embed_rel import RelPosBias, RelPosMlp
 from timm.models.beit import Attention as BeitAttention
+from timm.models.eva import EvaAttention
 from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 
 from compressor.errors import UnsupportedModelError
-from compressor.narrow_attention import NARROW
+from compressor.narrow_attention import NARROW, rel_pos_with_heads
 
-ATTENTIONS = (Attention, BeitAttention, RelPosAttention)  # what `head_slices` knows (and their narrow subclasses)
+# what `head_slices` knows (and their narrow subclasses)
+ATTENTIONS = (Attention, BeitAttention, RelPosAttention, EvaAttention)
 MLPS = (Mlp, GluMlp, SwiGLU)
 
 
@@ -62,10 +65,15 @@ def attention_kind(attn: nn.Module) -> type | None:
 def head_slices(attn: nn.Module) -> tuple[list[Slice], list[nn.Module]]:
     """The tensors that hold the heads of `attn`, and the norms over the attention width (cut with them)."""
     hd = head_dim(attn)
-    out = [Slice(attn.qkv, "weight", 0, hd, 3), Slice(attn.proj, "weight", 1, hd)]
-    if attn.qkv.bias is not None:
-        out.append(Slice(attn.qkv, "bias", 0, hd, 3))
-    for name in ("q_bias", "k_bias", "v_bias"):  # BEiT: fused qkv without bias, separate q/v biases
+    out = [Slice(attn.proj, "weight", 1, hd)]
+    if getattr(attn, "qkv", None) is not None:  # fused, rows laid out (q|k|v, heads, head_dim)
+        projections = [(attn.qkv, 3)]
+    else:  # EVA's separate q_proj / k_proj / v_proj, rows laid out (heads, head_dim)
+        projections = [(attn.q_proj, 1), (attn.k_proj, 1), (attn.v_proj, 1)]
+    for fc, groups in projections:
+        biased = ("weight", "bias") if fc.bias is not None else ("weight",)
+        out.extend(Slice(fc, name, 0, hd, groups) for name in biased)
+    for name in ("q_bias", "k_bias", "v_bias"):  # BEiT, EVA: fused qkv without bias, separate q/v biases
         if getattr(attn, name, None) is not None:
             out.append(Slice(attn, name, 0, hd))
     if getattr(attn, "relative_position_bias_table", None) is not None:  # BEiT: (distances, heads)
@@ -139,22 +147,20 @@ def _resize_norm(norm: nn.Module, units: int, keep: list[int]) -> None:
 
 def cut_heads(attn: nn.Module, keep: list[int]) -> nn.Module:
     """`attn` with only heads `keep` (sorted original indices); head_dim, q/k norms and rotary layout unchanged."""
-    if attention_kind(attn) is None:  # check_supported refuses these first; this guards direct callers
+    kind = attention_kind(attn)
+    if kind is None:  # check_supported refuses these first; this guards direct callers
         raise UnsupportedModelError(f"{type(attn).__name__} is not an attention the surgery can cut")
     slices, norms = head_slices(attn)
-    num_heads = attn.num_heads
-    new = _cut(attn, slices, norms, num_heads, keep)
+    hd = head_dim(attn)
+    new = _cut(attn, slices, norms, attn.num_heads, keep)  # same class, cut tensors, stale head counts
+    if isinstance(getattr(new, "rel_pos", None), RelPosBias | RelPosMlp):  # reshapes by its own head count
+        new.rel_pos = rel_pos_with_heads(new.rel_pos, len(keep))
+    if kind in NARROW:  # timm's forward reshapes to the input width: rebuild as the subclass that does not
+        return NARROW[kind].from_cut(new, len(keep), hd)
+    # timm `Attention` reshapes by its attributes only (its forward runs with fewer heads as it is)
     new.num_heads = len(keep)
     if hasattr(new, "attn_dim"):
-        new.attn_dim = len(keep) * head_dim(attn)
-    rel_pos = getattr(new, "rel_pos", None)
-    if rel_pos is not None:  # the bias module reshapes by its own head count
-        rel_pos.bias_shape = (*rel_pos.bias_shape[:-1], len(keep))
-        if hasattr(rel_pos, "num_heads"):
-            rel_pos.num_heads = len(keep)
-    narrow = NARROW.get(type(attn))
-    if narrow is not None:  # the copy becomes the subclass: same parameters and names, a forward for fewer heads
-        new.__class__ = narrow
+        new.attn_dim = len(keep) * hd
     return new
 
 

@@ -55,7 +55,7 @@ def block_macs_of(block: nn.Module, n: int, heads: int | None = None, hidden: in
     hd = head_dim(attn)
     heads = attn.num_heads if heads is None else heads
     hidden = mlp_hidden(mlp) if hidden is None else hidden
-    total = block_macs(n, attn.qkv.in_features, heads, hd, hidden, fc1_rows=fc1_rows(mlp))
+    total = block_macs(n, attn.proj.out_features, heads, hd, hidden, fc1_rows=fc1_rows(mlp))
     if _is_norm(getattr(attn, "q_norm", None)):
         total += 2 * 5 * n * heads * hd
     if _is_norm(getattr(attn, "norm", None)):

@@ -6,6 +6,8 @@ or `SwiGLU` MLP:
   `AttentionPoolLatent` (`global_pool='map'`, SigLIP), which reads the unpruned embedding and is kept as is.
 - `VisionTransformerRelPos`: `RelPosBlock`, `RelPosAttention` with a per-block bias (MLP or table).
 - `Beit`: BEiT's `Block` and `Attention` (q/v bias, per-block relative position bias table, layer scale).
+- `Eva` (EVA, EVA02, timm's `vit_*_rope_*` SBB models): `EvaBlock`, `EvaAttention` (fused or separate q/k/v,
+  rotary embedding shared by all heads and blocks; not `rope_type="mixed"`).
 Anything else is refused here, naming the module type, before any weight changes.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 from timm.layers import AttentionPoolLatent
 from timm.models.beit import Beit
 from timm.models.beit import Block as BeitBlock
+from timm.models.eva import Eva, EvaBlock
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer_relpos import RelPosBlock, VisionTransformerRelPos
 from torch import nn
@@ -21,7 +24,12 @@ from torch import nn
 from compressor.errors import UnsupportedModelError
 from compressor.families import MLPS, attention_kind, head_dim, mlp_hidden
 
-BLOCKS: dict[type, type] = {VisionTransformer: Block, VisionTransformerRelPos: RelPosBlock, Beit: BeitBlock}
+BLOCKS: dict[type, type] = {
+    VisionTransformer: Block,
+    VisionTransformerRelPos: RelPosBlock,
+    Beit: BeitBlock,
+    Eva: EvaBlock,
+}
 SUPPORTED = ", ".join(cls.__name__ for cls in BLOCKS)
 
 
@@ -69,6 +77,14 @@ def _check_model_level(model: nn.Module) -> None:
                 f"{type(model).__name__} shares one relative position bias ({type(getattr(model, name)).__name__}) "
                 "across all blocks, so heads cannot be cut per block; build it with a bias per block"
             )
+    if getattr(
+        model, "rope_mixed", False
+    ):  # learned frequencies per (block, head): cut heads and blocks would need them
+        raise UnsupportedModelError(
+            f"{type(model).__name__} uses mixed rotary embedding ({type(model.rope).__name__}, frequencies "
+            "per block and head), which the surgery cannot cut; rotary embeddings shared by all heads "
+            "(rope_type='cat') are supported"
+        )
 
 
 def _check_cut_norm(norm: nn.Module, where: str, width: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from timm.layers.pos_embed_rel import RelPosMlp
 from torch import nn
 
@@ -85,13 +86,15 @@ def weight_elements(proto: onnx.ModelProto) -> int:
 def expected_weight_elements(model: nn.Module, static_batch: int | None) -> tuple[int, int]:
     """The range of weight elements an export of `model` may hold, as (low, high).
 
-    Exact for trained weights. Three things exporters legitimately do move it: graph optimizers
+    Exact for trained weights. Four things exporters legitimately do move it: graph optimizers
     merge identical tensors and may drop an all-zero bias (so identical parameters count once
     and all-zero ones may vanish: the low end), with a static batch constant folding
-    stores the class/register tokens once per batch row (the high end), and a relative position
+    stores the class/register tokens once per batch row (the high end), a relative position
     bias (BEiT's or RelPos's table, gathered by a constant index; RelPos's bias MLP, run on constant
     coordinates) is computed from constants alone, so constant folding may replace its weights
-    (the low end) by its result, at most one (heads, N, N) bias per block (the high end).
+    (the low end) by its result, at most one (heads, N, N) bias per block (the high end), and two
+    buffers become graph constants (the high end): a rotary embedding's sin/cos table (`Eva.rope`,
+    no parameters), and the zero `k_bias` that BEiT/EVA attentions concatenate between q and v biases.
     """
     distinct: dict[tuple, int] = {}
     zeros = 0
@@ -108,7 +111,7 @@ def expected_weight_elements(model: nn.Module, static_batch: int | None) -> tupl
 
 
 def _position_bias_folding(model: nn.Module) -> tuple[int, int]:
-    """(weights constant folding may remove, elements it may add) for the relative position biases."""
+    """(weights constant folding may remove, elements it may add) for position biases and buffer constants."""
     foldable = folded = 0
     for m in model.modules():
         if isinstance(m, RelPosMlp):
@@ -118,6 +121,11 @@ def _position_bias_folding(model: nn.Module) -> tuple[int, int]:
             table = m.relative_position_bias_table  # (distances, heads), gathered by (N, N) positions
             foldable += table.numel()
             folded += table.shape[-1] * m.relative_position_index.numel()
+        if isinstance(getattr(m, "k_bias", None), torch.Tensor) and "k_bias" in m._buffers:
+            folded += m.k_bias.numel()
+    rope = getattr(model, "rope", None)
+    if isinstance(rope, nn.Module):
+        folded += sum(b.numel() for b in rope.buffers())
     return foldable, folded
 
 
