@@ -7,13 +7,13 @@ or `SwiGLU` MLP:
 - `VisionTransformerRelPos`: `RelPosBlock`, `RelPosAttention` with a per-block bias (MLP or table).
 - `Beit`: BEiT's `Block` and `Attention` (q/v bias, per-block relative position bias table, layer scale).
 - `Eva` (EVA, EVA02, timm's `vit_*_rope_*` SBB models): `EvaBlock`, `EvaAttention` (fused or separate q/k/v,
-  rotary embedding shared by all heads and blocks; not `rope_type="mixed"`).
+  rotary embedding `RotaryEmbeddingCat` shared by all heads and blocks; other rotary kinds refused).
 Anything else is refused here, naming the module type, before any weight changes.
 """
 
 from __future__ import annotations
 
-from timm.layers import AttentionPoolLatent
+from timm.layers import AttentionPoolLatent, RotaryEmbeddingCat
 from timm.models.beit import Beit
 from timm.models.beit import Block as BeitBlock
 from timm.models.eva import Eva, EvaBlock
@@ -77,13 +77,13 @@ def _check_model_level(model: nn.Module) -> None:
                 f"{type(model).__name__} shares one relative position bias ({type(getattr(model, name)).__name__}) "
                 "across all blocks, so heads cannot be cut per block; build it with a bias per block"
             )
-    if getattr(
-        model, "rope_mixed", False
-    ):  # learned frequencies per (block, head): cut heads and blocks would need them
+    rope = getattr(model, "rope", None)  # rotary embedding (Eva): only the tested kind, shared by all heads
+    if rope is not None and type(rope) is not RotaryEmbeddingCat:
+        kind = "mixed rotary embedding (frequencies per block and head)" if getattr(model, "rope_mixed", False) \
+            else "a rotary embedding the surgery is not tested with"
         raise UnsupportedModelError(
-            f"{type(model).__name__} uses mixed rotary embedding ({type(model.rope).__name__}, frequencies "
-            "per block and head), which the surgery cannot cut; rotary embeddings shared by all heads "
-            "(rope_type='cat') are supported"
+            f"{type(model).__name__} uses {kind}: {type(rope).__name__}; only RotaryEmbeddingCat "
+            "(rope_type='cat', one embedding shared by all heads and blocks) is supported"
         )
 
 

@@ -194,6 +194,7 @@ def test_artifact_reloads_strictly_and_exports_a_validated_onnx(family, tmp_path
     [
         ("vit_small_patch16_rope_224", {}, "block 0 attention is AttentionRope"),
         ("vit_small_patch16_rope_mixed_224", {}, "mixed rotary embedding"),
+        ("eva02_tiny_patch14_224", {"rope_type": "dinov3"}, "not tested with: RotaryEmbeddingDinoV3"),
         ("eva02_tiny_patch14_224", {"use_post_norm": True}, "block 0 is EvaBlockPostNorm"),
         ("vit_relpos_small_patch16_rpn_224", {}, "block 0 is ResPostRelPosBlock"),
         ("beit_base_patch16_224", {"use_shared_rel_pos_bias": True}, "shares one relative position bias"),
