@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from compressor.families import head_dim, mlp_hidden
+
 
 @dataclass
 class Gates:
@@ -31,11 +33,11 @@ class Gates:
             g.grad = None
 
 
-def _head_gate_hook(gate: torch.Tensor, head_dim: int):
+def _head_gate_hook(gate: torch.Tensor, width: int):
     def hook(module, args):
         (x,) = args  # (B, N, heads * head_dim)
         b, n, _ = x.shape
-        x = (x.view(b, n, -1, head_dim) * gate.to(x.dtype)[:, None]).view(b, n, -1)
+        x = (x.view(b, n, -1, width) * gate.to(x.dtype)[:, None]).view(b, n, -1)
         return (x,)
 
     return hook
@@ -63,12 +65,12 @@ def gated(model: nn.Module, requires_grad: bool = True) -> Iterator[Gates]:
     device = next(model.parameters()).device
     gates = Gates(
         heads=[torch.ones(b.attn.num_heads, device=device, requires_grad=requires_grad) for b in model.blocks],
-        neurons=[torch.ones(b.mlp.fc1.out_features, device=device, requires_grad=requires_grad) for b in model.blocks],
+        neurons=[torch.ones(mlp_hidden(b.mlp), device=device, requires_grad=requires_grad) for b in model.blocks],
         blocks=torch.ones(len(model.blocks), device=device, requires_grad=requires_grad),
     )
     handles = []
     for i, blk in enumerate(model.blocks):
-        handles.append(blk.attn.proj.register_forward_pre_hook(_head_gate_hook(gates.heads[i], blk.attn.head_dim)))
+        handles.append(blk.attn.proj.register_forward_pre_hook(_head_gate_hook(gates.heads[i], head_dim(blk.attn))))
         handles.append(blk.mlp.fc2.register_forward_pre_hook(_neuron_gate_hook(gates.neurons[i])))
         handles.append(blk.register_forward_hook(_block_gate_hook(gates.blocks, i)))
     try:

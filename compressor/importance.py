@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.errors import VitShrinkError
+from compressor.families import head_slices, mlp_hidden, neuron_slices, unit_magnitude
 from compressor.gates import Gates, gated
 from compressor.progress import progress_bar
 
@@ -235,12 +236,12 @@ def _ablation(model, batches, loss, *, parts, seed, progress) -> Scores:
 def _l1(model, batches, loss, *, parts, seed, progress) -> Scores:
     heads, neurons, blocks = [], [], []
     for blk in model.blocks:
-        attn, mlp = blk.attn, blk.mlp
-        qkv = attn.qkv.weight.detach().abs().view(3, attn.num_heads, attn.head_dim, -1).sum(dim=(0, 2, 3))
-        proj = attn.proj.weight.detach().abs().view(-1, attn.num_heads, attn.head_dim).sum(dim=(0, 2))
-        heads.append(qkv + proj)
-        neurons.append(mlp.fc1.weight.detach().abs().sum(dim=1) + mlp.fc2.weight.detach().abs().sum(dim=0))
-        blocks.append(sum(m.weight.detach().abs().sum() for m in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)))
+        # weight matrices only (no biases), as the baseline has always been defined
+        head_weights = [s for s in head_slices(blk.attn)[0] if s.name == "weight"]
+        neuron_weights = [s for s in neuron_slices(blk.mlp)[0] if s.name == "weight"]
+        heads.append(unit_magnitude(head_weights, blk.attn.num_heads))
+        neurons.append(unit_magnitude(neuron_weights, mlp_hidden(blk.mlp)))
+        blocks.append(heads[-1].sum() + neurons[-1].sum())
     return _to_scores("l1", parts, heads, neurons, torch.stack(blocks))
 
 
@@ -248,7 +249,7 @@ def _l1(model, batches, loss, *, parts, seed, progress) -> Scores:
 def _random(model, batches, loss, *, parts, seed, progress) -> Scores:
     g = torch.Generator().manual_seed(seed)
     heads = [torch.rand(b.attn.num_heads, generator=g) for b in model.blocks]
-    neurons = [torch.rand(b.mlp.fc1.out_features, generator=g) for b in model.blocks]
+    neurons = [torch.rand(mlp_hidden(b.mlp), generator=g) for b in model.blocks]
     return _to_scores("random", parts, heads, neurons, torch.rand(len(model.blocks), generator=g))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from compressor.errors import BudgetError
+from compressor.families import mlp_hidden
 from compressor.flops import block_macs_of, block_params_of, count_macs, count_params, num_tokens
 from compressor.importance import Scores
 from compressor.surgery import PrunePlan
@@ -103,7 +104,7 @@ def model_costs(model: nn.Module, metric: str) -> ModelCosts:
         whole = _block_cost(blk, n, metric)
         blocks.append(float(whole))
         heads.append(float(whole - _block_cost(blk, n, metric, heads=blk.attn.num_heads - 1)))
-        neurons.append(float(whole - _block_cost(blk, n, metric, hidden=blk.mlp.fc1.out_features - 1)))
+        neurons.append(float(whole - _block_cost(blk, n, metric, hidden=mlp_hidden(blk.mlp) - 1)))
     return ModelCosts(
         metric=metric,
         fixed=float(model_cost(model, metric) - sum(blocks)),
@@ -111,7 +112,7 @@ def model_costs(model: nn.Module, metric: str) -> ModelCosts:
         head=tuple(heads),
         neuron=tuple(neurons),
         num_heads=tuple(blk.attn.num_heads for blk in model.blocks),
-        hidden=tuple(blk.mlp.fc1.out_features for blk in model.blocks),
+        hidden=tuple(mlp_hidden(blk.mlp) for blk in model.blocks),
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from compressor.errors import ArtifactError
+from compressor.families import head_dim, mlp_hidden
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class ArchSpec:
 
     @classmethod
     def from_model(cls, model: nn.Module, source_indices: list[int] | None = None) -> ArchSpec:
-        """Read the spec off a timm VisionTransformer as it is now."""
+        """Read the spec off a supported timm ViT as it is now."""
         blocks = []
         for i, blk in enumerate(model.blocks):
             src = source_indices[i] if source_indices is not None else i
@@ -65,8 +66,8 @@ class ArchSpec:
                 BlockSpec(
                     source_index=src,
                     num_heads=blk.attn.num_heads,
-                    head_dim=blk.attn.head_dim,
-                    mlp_hidden=blk.mlp.fc1.out_features,
+                    head_dim=head_dim(blk.attn),
+                    mlp_hidden=mlp_hidden(blk.mlp),
                 )
             )
         return cls(embed_dim=model.embed_dim, blocks=tuple(blocks))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+from timm.layers.pos_embed_rel import RelPosMlp
 from torch import nn
 
 from exporters.errors import ExportError
@@ -84,10 +86,15 @@ def weight_elements(proto: onnx.ModelProto) -> int:
 def expected_weight_elements(model: nn.Module, static_batch: int | None) -> tuple[int, int]:
     """The range of weight elements an export of `model` may hold, as (low, high).
 
-    Exact for trained weights. Two things exporters legitimately do move it: graph optimizers
+    Exact for trained weights. Four things exporters legitimately do move it: graph optimizers
     merge identical tensors and may drop an all-zero bias (so identical parameters count once
-    and all-zero ones may vanish: the low end), and with a static batch constant folding
-    stores the class/register tokens once per batch row (the high end).
+    and all-zero ones may vanish: the low end), with a static batch constant folding
+    stores the class/register tokens once per batch row (the high end), a relative position
+    bias (BEiT's or RelPos's table, gathered by a constant index; RelPos's bias MLP, run on constant
+    coordinates) is computed from constants alone, so constant folding may replace its weights
+    (the low end) by its result, at most one (heads, N, N) bias per block (the high end), and two
+    buffers become graph constants (the high end): a rotary embedding's sin/cos table (`Eva.rope`,
+    no parameters), and the zero `k_bias` that BEiT/EVA attentions concatenate between q and v biases.
     """
     distinct: dict[tuple, int] = {}
     zeros = 0
@@ -99,7 +106,27 @@ def expected_weight_elements(model: nn.Module, static_batch: int | None) -> tupl
             zeros += a.size if not a.any() else 0
     total = sum(distinct.values())
     tokens = sum(getattr(model, n).numel() for n in _BATCH_TOKENS if getattr(model, n, None) is not None)
-    return total - zeros, total + ((static_batch or 1) - 1) * tokens
+    foldable, folded = _position_bias_folding(model)
+    return total - zeros - foldable, total + ((static_batch or 1) - 1) * tokens + folded
+
+
+def _position_bias_folding(model: nn.Module) -> tuple[int, int]:
+    """(weights constant folding may remove, elements it may add) for position biases and buffer constants."""
+    foldable = folded = 0
+    for m in model.modules():
+        if isinstance(m, RelPosMlp):
+            foldable += sum(p.numel() for p in m.mlp.parameters())
+            folded += m.num_heads * (m.window_area + m.prefix_tokens) ** 2
+        elif isinstance(getattr(m, "relative_position_bias_table", None), nn.Parameter):
+            table = m.relative_position_bias_table  # (distances, heads), gathered by (N, N) positions
+            foldable += table.numel()
+            folded += table.shape[-1] * m.relative_position_index.numel()
+        if isinstance(getattr(m, "k_bias", None), torch.Tensor) and "k_bias" in m._buffers:
+            folded += m.k_bias.numel()
+    rope = getattr(model, "rope", None)
+    if isinstance(rope, nn.Module):
+        folded += sum(b.numel() for b in rope.buffers())
+    return foldable, folded
 
 
 def check_weight_count(file: str, stats: GraphStats, expected: tuple[int, int], parameters: int) -> None:

@@ -84,6 +84,19 @@ def weight_bytes(proto: onnx.ModelProto) -> int:
     )
 
 
+class _ImagesOnly(nn.Module):
+    """`model` called with the image batch alone. The TorchScript exporter turns every defaulted argument of
+    `forward` into a traced input: timm's `Eva.forward(x, attn_mask=None, is_causal=False)` would hand
+    `is_causal` to `scaled_dot_product_attention` as a tensor, which it refuses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def _torch_export(model: nn.Module, io: IOSpec, path: Path, *, dynamo: bool, opset: int) -> None:
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(io.input_shape(io.static_batch or EXAMPLE_BATCH), generator=generator)
@@ -109,7 +122,12 @@ def _torch_export(model: nn.Module, io: IOSpec, path: Path, *, dynamo: bool, ops
                 )
             else:
                 torch.onnx.export(
-                    model, (example,), str(path), dynamo=False, dynamic_axes=io.dynamic_axes(), **names
+                    _ImagesOnly(model),
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    dynamic_axes=io.dynamic_axes(),
+                    **names,
                 )
     except Exception as e:  # the exporters raise many types (TorchExportError, RuntimeError, ...)
         other = exporter_name(not dynamo)

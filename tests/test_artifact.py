@@ -93,7 +93,7 @@ def test_unknown_model_suggests_names():
 
 
 def test_non_vit_is_unsupported():
-    with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
+    with pytest.raises(UnsupportedModelError, match="ResNet is not a model class vitshrink can cut"):
         load_model("resnet18", model_args={"num_classes": 3})
 
 
