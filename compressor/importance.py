@@ -29,9 +29,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.errors import VitShrinkError
-from compressor.gates import Gates, gated
-from compressor.progress import progress_bar
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.gates import Gates, gated
+from vitshrink.compressor.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

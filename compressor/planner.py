@@ -28,10 +28,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from torch import nn
 
-from compressor.errors import BudgetError
-from compressor.flops import block_macs_of, block_params_of, count_macs, count_params, num_tokens
-from compressor.importance import Scores
-from compressor.surgery import PrunePlan
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.flops import block_macs_of, block_params_of, count_macs, count_params, num_tokens
+from vitshrink.compressor.importance import Scores
+from vitshrink.compressor.surgery import PrunePlan
 
 METRICS = ("flops", "params")
 TOLERANCE = 0.01  # a plan lands within this fraction of the teacher's total above the target

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from compressor.errors import ArtifactError
+from vitshrink.compressor.errors import ArtifactError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from compressor.errors import UnsupportedModelError
+from vitshrink.compressor.errors import UnsupportedModelError
 
 
 def check_supported(model: nn.Module) -> None:

@@ -13,9 +13,9 @@ import torch
 from timm.layers import Attention, Mlp
 from torch import nn
 
-from compressor.errors import BudgetError, UnsupportedModelError
-from compressor.spec import ArchSpec, BlockSpec
-from compressor.support import check_supported
+from vitshrink.compressor.errors import BudgetError, UnsupportedModelError
+from vitshrink.compressor.spec import ArchSpec, BlockSpec
+from vitshrink.compressor.support import check_supported
 
 
 @dataclass(frozen=True)

@@ -24,16 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from compressor import distributed as ddp
-from compressor.checkpoint import has_checkpoint, load_checkpoint, read_state, rng_state, save_checkpoint
-from compressor.errors import VitShrinkError
-from compressor.evaluate import evaluate
-from compressor.kd_loss import KDWeights, distillation_loss
-from compressor.precision import resolve_amp
-from compressor.progress import progress_bar
-from compressor.resume import check_same
-from compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
-from compressor.spec import ArchSpec
+from vitshrink.compressor import distributed as ddp
+from vitshrink.compressor.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    read_state,
+    rng_state,
+    save_checkpoint,
+)
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.kd_loss import KDWeights, distillation_loss
+from vitshrink.compressor.precision import resolve_amp
+from vitshrink.compressor.progress import progress_bar
+from vitshrink.compressor.resume import check_same
+from vitshrink.compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
+from vitshrink.compressor.spec import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5  # linear warm-up length (fractions allowed)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     label_smoothing: float = 0.0  # cross-entropy smoothing on labels
-    amp: bool | None = None  # bf16 autocast; None = auto: on where bf16 is native (compressor.precision)
+    amp: bool | None = None  # bf16 autocast; None = auto: on where bf16 is native (vitshrink.compressor.precision)
     seed: int = 0
-    num_workers: int = 0  # DataLoader workers (results do not depend on it: see compressor.sampling)
+    num_workers: int = 0  # DataLoader workers (results do not depend on it: see vitshrink.compressor.sampling)
     max_steps_per_epoch: int | None = None  # cap each epoch (quick runs); None = full pass
     kd: KDWeights = field(default_factory=KDWeights)
 
