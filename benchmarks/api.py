@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from benchmarks.environment import collect_environment
-from benchmarks.errors import BenchError, RuntimeUnavailableError
-from benchmarks.memory import MemoryResult, measure_memory
-from benchmarks.metrics import REFERENCE_BACKEND
-from benchmarks.model_files import engine_files, file_sizes, onnx_file
-from benchmarks.results import AccuracyRow, BenchReport, LatencyRow, ModelInfo, SpeedupRow
-from benchmarks.runtimes import (
+from vitshrink.benchmarks.environment import collect_environment
+from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.memory import MemoryResult, measure_memory
+from vitshrink.benchmarks.metrics import REFERENCE_BACKEND
+from vitshrink.benchmarks.model_files import engine_files, file_sizes, onnx_file
+from vitshrink.benchmarks.results import AccuracyRow, BenchReport, LatencyRow, ModelInfo, SpeedupRow
+from vitshrink.benchmarks.runtimes import (
     RUNTIMES,
     BackendSpec,
     Runtime,
@@ -35,10 +36,10 @@ from benchmarks.runtimes import (
     default_precision,
     get_runtime,
 )
-from benchmarks.stats import latency_stats, speedup
-from benchmarks.timing import TimingPolicy, measure
-from compressor.loaded import LoadedModel
-from compressor.progress import progress_bar
+from vitshrink.benchmarks.stats import latency_stats, speedup
+from vitshrink.benchmarks.timing import TimingPolicy, measure
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.progress import progress_bar
 
 AUTO_BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "tensorrt")  # what "auto" tries, in order
 ROLES = ("teacher", "student")
@@ -56,7 +57,7 @@ class BenchConfig:
     memory: bool = True  # peak memory per (model, backend), each in its own process
     memory_batch: int | None = None  # batch size of the memory probes; None: the largest batch size
     fvcore: bool = True  # cross-check the analytic MACs with fvcore (SDPA counted)
-    dataset: str | None = None  # compressor.data name for accuracy; None: no accuracy
+    dataset: str | None = None  # vitshrink.compressor.data name for accuracy; None: no accuracy
     data_dir: str | None = None
     limit: int | None = 1000  # eval images (a fixed random subset); None: the whole split
     eval_batch: int = 64  # batch size of the accuracy passes
@@ -88,19 +89,24 @@ class BenchConfig:
         return d
 
 
-def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> BenchReport:
-    """Measure teacher and student as `config` says; write the outputs when `config.out_dir` is set."""
+def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, *, teacher: LoadedModel | None = None,
+              loader: DataLoader | None = None) -> BenchReport:
+    """Measure teacher and student as `config` says; write the outputs when `config.out_dir` is set.
+
+    `teacher`, a model already in memory, replaces `config.teacher`; `loader` (batches of (image, label),
+    already in the models' input format) replaces `config.dataset` for the accuracy rows.
+    """
     log = log or (lambda message: None)
     threads = config.threads or torch.get_num_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="vitshrink-bench-") as work:
-            report = _run(config, threads, Path(work), log)
+            report = _run(config, threads, Path(work), log, teacher, loader)
     finally:
         torch.set_num_threads(previous)
     if config.out_dir is not None:
-        from benchmarks.report import write_outputs
+        from vitshrink.benchmarks.report import write_outputs
 
         for path in write_outputs(report.to_dict(), config.out_dir, plot=config.plot).values():
             log(f"wrote {path}")
@@ -116,14 +122,20 @@ class _Model:
     exported: dict[str, Path] = field(default_factory=dict)  # ONNX files made by the bench
 
 
-def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], None]) -> BenchReport:
+def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], None], teacher: LoadedModel | None,
+         loader: DataLoader | None) -> BenchReport:
     notes: list[str] = []
     environment = collect_environment(threads)
     load = environment["load_average"]
     if load and load[0] > 0.5 * environment["usable_cpus"]:
         notes.append(f"the machine was busy (load {load[0]} on {environment['usable_cpus']} CPUs): absolute "
                      "times are noisy; the interleaved teacher/student ratios are less affected")
-    models = _load_models(config, notes, log)
+    if teacher is not None and teacher.path is None:  # memory probes load each model in a fresh process
+        from vitshrink.compressor.artifact import save_artifact
+
+        path = save_artifact(work / "teacher-artifact", teacher, {"method": "teacher given in memory"})
+        teacher = dataclasses.replace(teacher, path=path)
+    models = _load_models(config, notes, log, teacher)
     backends, skipped = resolve_backends(config.backends, models["student"].subject)
     for b in backends:
         if get_runtime(b.runtime).needs == "onnx":
@@ -135,9 +147,10 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
                          f"{infos['student'].input_size}; they must take the same images to be compared")
     flops_ratio = infos["teacher"].macs / infos["student"].macs if "teacher" in infos else None
 
-    loaders = _eval_loaders(config, models, notes)
+    loaders = {role: loader for role in models} if loader is not None else _eval_loaders(config, models, notes)
+    dataset = config.dataset or "loader"  # what the accuracy rows name as their images
     reference = {role: _reference_logits(m.loaded, loaders[role]) for role, m in models.items()} if loaders else {}
-    accuracy = [_accuracy_row(role, REFERENCE_BACKEND, config.dataset, *reference[role], None) for role in reference]
+    accuracy = [_accuracy_row(role, REFERENCE_BACKEND, dataset, *reference[role], None) for role in reference]
 
     options = RuntimeOptions(threads=threads, seed=config.seed)
     latency, speedups, ranges, backend_info = [], [], {}, {}
@@ -160,7 +173,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
                 if backend.key != REFERENCE_BACKEND:
                     for role, runtime in runtimes.items():
                         logits = _predict(runtime, loaders[role])
-                        accuracy.append(_accuracy_row(role, backend.key, config.dataset, logits,
+                        accuracy.append(_accuracy_row(role, backend.key, dataset, logits,
                                                       reference[role][1], reference[role][0]))
                 bar.update()
             del runtimes
@@ -186,18 +199,20 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
 # ---------------------------------------------------------------- models and files
 
 
-def _load_models(config: BenchConfig, notes: list[str], log: Callable[[str], None]) -> dict[str, _Model]:
-    from compressor.loading import load_model
+def _load_models(config: BenchConfig, notes: list[str], log: Callable[[str], None],
+                 teacher: LoadedModel | None = None) -> dict[str, _Model]:
+    from vitshrink.compressor.loading import load_model
 
     student = load_model(config.student)
     sources = {"student": config.student}
-    teacher_source = resolve_teacher(config, student, notes)
+    teacher_source = "model in memory" if teacher is not None else resolve_teacher(config, student, notes)
     if teacher_source is not None:
         sources = {"teacher": teacher_source, **sources}
+    given = {"student": student, "teacher": teacher}
     out = {}
     for role, source in sources.items():
-        loaded = student if role == "student" else load_model(source)
-        if loaded.path is None:
+        loaded = given[role] or load_model(source)
+        if loaded.path is None and loaded is not teacher:
             notes.append(f"{role} {source!r} is a timm name: random weights (pretrained=False); "
                          "its accuracy means nothing, its speed does")
         log(f"{role}: {source} ({loaded.name}, {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f} M params)")
@@ -231,7 +246,7 @@ def _attach_onnx(model: _Model, precision: str, work: Path) -> None:
 
 
 def _model_info(model: _Model, fvcore: bool, notes: list[str]) -> ModelInfo:
-    from compressor.flops import count_macs, count_macs_fvcore, count_params
+    from vitshrink.compressor.flops import count_macs, count_macs_fvcore, count_params
 
     net, loaded = model.loaded.model, model.loaded
     macs = count_macs(net)
@@ -317,7 +332,7 @@ def _eval_loaders(config: BenchConfig, models: dict[str, _Model], notes: list[st
     if config.dataset is None:
         notes.append("no dataset: accuracy not measured (pass --dataset, e.g. --dataset digits)")
         return {}
-    from compressor.data import build_dataset, build_loader
+    from vitshrink.compressor.data import build_dataset, build_loader
 
     loaders = {}
     for role, model in models.items():
@@ -330,14 +345,14 @@ def _eval_loaders(config: BenchConfig, models: dict[str, _Model], notes: list[st
 
 
 def _reference_logits(loaded: LoadedModel, loader) -> tuple[np.ndarray, np.ndarray]:
-    from compressor.evaluate import predict_logits
+    from vitshrink.compressor.evaluate import predict_logits
 
     logits, labels = predict_logits(loaded.model, loader)
     return logits.numpy(), labels.numpy()
 
 
 def _predict(runtime: Runtime, loader) -> np.ndarray:
-    from exporters.validate import run_batched
+    from vitshrink.exporters.validate import run_batched
 
     lo, hi = runtime.batch_range or (1, loader.batch_size)
     return np.concatenate([run_batched(runtime.predict, x.numpy(), min_batch=lo, max_batch=hi) for x, _ in loader])
@@ -345,7 +360,7 @@ def _predict(runtime: Runtime, loader) -> np.ndarray:
 
 def _accuracy_row(role: str, backend: str, dataset: str, logits: np.ndarray, labels: np.ndarray,
                   reference: np.ndarray | None) -> AccuracyRow:
-    from compressor.evaluate import accuracy_from_logits
+    from vitshrink.compressor.evaluate import accuracy_from_logits
 
     acc = accuracy_from_logits(torch.from_numpy(logits).float(), torch.from_numpy(labels))
     agreement = diff = None
@@ -373,7 +388,7 @@ def _memory(config: BenchConfig, backends: list[BackendSpec], models: dict[str, 
             request = {
                 "runtime": backend.runtime, "precision": backend.precision, "role": role,
                 "input_size": list(model.subject.input_size), "batch": min(max(batch, lo), hi), "iters": 3,
-                "threads": threads, "source": model.source,
+                "threads": threads, "source": str(model.loaded.path or model.source),
                 "onnx": str(model.subject.onnx[backend.precision]) if entry.needs == "onnx" else None,
                 "engine": str(model.subject.engines.get(backend.precision, "")) or None,
             }
@@ -402,7 +417,7 @@ def gate_bench(bench: dict, gate_file: Path, *, baseline: Path | None = None,
     `baseline` names if the gates' own limits pass (baseline tolerances are not applied to the run that
     sets the baseline). A baseline is only ever written where the caller says: never beside the gate file
     by default, which may sit inside the installed package."""
-    from benchmarks.gate import (
+    from vitshrink.benchmarks.gate import (
         evaluate_gates,
         gates_passed,
         load_gate_config,
@@ -410,7 +425,7 @@ def gate_bench(bench: dict, gate_file: Path, *, baseline: Path | None = None,
         read_baseline,
         without_baseline,
     )
-    from compressor.atomic import write_json_atomic
+    from vitshrink.compressor.atomic import write_json_atomic
 
     config = load_gate_config(gate_file)
     if update_baseline:

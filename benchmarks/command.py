@@ -9,15 +9,15 @@ from pathlib import Path
 
 import click
 
-from benchmarks.errors import BenchError
-from benchmarks.gate import DEFAULT_GATES
-from benchmarks.timing import TimingPolicy
-from compressor.data import DATASETS
-from compressor.errors import VitShrinkError
+from vitshrink.benchmarks.errors import BenchError
+from vitshrink.benchmarks.gate import DEFAULT_GATES
+from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.compressor.data import DATASETS
+from vitshrink.compressor.errors import VitShrinkError
 
 
 def _backends(ctx, param, value: str) -> tuple[str, ...]:
-    from benchmarks.runtimes import BackendSpec
+    from vitshrink.benchmarks.runtimes import BackendSpec
 
     names = tuple(v.strip() for v in value.split(",") if v.strip())
     try:
@@ -54,7 +54,7 @@ def default_out(artifact: str) -> Path:
 
 
 def _print_gates(outcome, gate_file: Path) -> None:
-    from benchmarks.report import gate_table
+    from vitshrink.benchmarks.report import gate_table
 
     click.echo(f"\ngates: {gate_file}")
     click.echo(gate_table(list(outcome.results)))
@@ -110,8 +110,8 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
     Times teacher and student alternately on every backend and batch size, measures peak memory,
     FLOPs, file sizes and (with --dataset) accuracy, and writes bench.json, bench.md and bench.png.
     """
-    from benchmarks.api import BenchConfig, gate_bench, run_bench
-    from benchmarks.report import terminal_report
+    from vitshrink.benchmarks.api import BenchConfig, gate_bench, run_bench
+    from vitshrink.benchmarks.report import terminal_report
 
     if kw["update_baseline"] and kw["gate_file"] is None:
         raise click.BadParameter("--update-baseline needs --gate FILE", param_hint="--update-baseline")
@@ -157,8 +157,8 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
 def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline: Path | None,
                  update_baseline: bool) -> None:
     """Check BENCH_JSON (a bench.json or its folder) against per-metric limits; exit 1 if any fails."""
-    from benchmarks.api import gate_bench
-    from benchmarks.results import read_bench_json
+    from vitshrink.benchmarks.api import gate_bench
+    from vitshrink.benchmarks.results import read_bench_json
 
     if update_baseline and baseline is None:
         raise click.BadParameter(NEEDS_BASELINE_FILE, param_hint="--update-baseline")

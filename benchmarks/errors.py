@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compressor.errors import VitShrinkError
+from vitshrink.compressor.errors import VitShrinkError
 
 
 class BenchError(VitShrinkError):

@@ -18,7 +18,7 @@ reported as "not evaluated" with the reason, and fails like a missed limit, unle
 `required = false`: then it is shown as not evaluated and does not fail. Whatever part of a gate can be
 checked always is: the limits in the file itself apply on every machine.
 
-Metric names and units are in `benchmarks.metrics.KINDS`. Comparisons with a baseline of a
+Metric names and units are in `vitshrink.benchmarks.metrics.KINDS`. Comparisons with a baseline of a
 machine-dependent metric (speedup, memory) are made only when the machine fingerprint matches.
 A baseline is written only to a file the user names (`--baseline FILE --update-baseline`).
 """
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.errors import GateConfigError
-from benchmarks.metrics import kind_of
-from compressor.reading import read_json
+from vitshrink.benchmarks.errors import GateConfigError
+from vitshrink.benchmarks.metrics import kind_of
+from vitshrink.compressor.reading import read_json
 
 GATE_SCHEMA = 1
 BASELINE_SCHEMA = 1
@@ -118,7 +118,7 @@ def parse_gate_config(text: str, source: Path | None = None) -> GateConfig:
             problems.append(f"{label}: unknown keys {sorted(extra)}; allowed: {', '.join(sorted(GATE_KEYS))}")
             continue
         if not isinstance(entry.get("metric"), str) or not entry["metric"]:
-            problems.append(f"{label}: needs metric = \"name\" (see benchmarks.metrics.KINDS)")
+            problems.append(f"{label}: needs metric = \"name\" (see vitshrink.benchmarks.metrics.KINDS)")
             continue
         numbers = {k: entry.get(k) for k in ("min", "max", "baseline_rel", "baseline_abs")}
         bad = [k for k, v in numbers.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))]

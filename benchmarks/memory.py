@@ -1,4 +1,4 @@
-"""Peak memory per backend, each measured in its own process (`benchmarks.memory_probe`)."""
+"""Peak memory per backend, each measured in its own process (`vitshrink.benchmarks.memory_probe`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.errors import BenchError
+import vitshrink
+from vitshrink.benchmarks.errors import BenchError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent  # so `-m benchmarks.memory_probe` imports from a checkout
+# the folder that holds the `vitshrink` package (site-packages, or a checkout's root), so that the probe's
+# `-m vitshrink.benchmarks.memory_probe` imports this same code in the fresh process
+PACKAGE_PARENT = Path(vitshrink.__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,9 @@ class MemoryResult:
 def probe_memory(request: dict, *, timeout_s: float = 900.0) -> dict:
     """Run the probe in a fresh Python process and return what it printed (see memory_probe)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
     env["OMP_NUM_THREADS"] = str(request["threads"])
-    command = [sys.executable, "-m", "benchmarks.memory_probe", json.dumps(request)]
+    command = [sys.executable, "-m", "vitshrink.benchmarks.memory_probe", json.dumps(request)]
     what = f"memory probe of the {request['role']} on {request['runtime']}:{request['precision']}"
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)

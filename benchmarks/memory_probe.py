@@ -1,4 +1,4 @@
-"""`python -m benchmarks.memory_probe REQUEST_JSON`: peak memory of one model on one backend, as JSON.
+"""`python -m vitshrink.benchmarks.memory_probe REQUEST_JSON`: peak memory of one model on one backend, as JSON.
 
 One process per (model, backend), so the allocations of one backend never show up in another's
 numbers. The process imports the backend's libraries, records its peak RSS so far (the baseline),
@@ -33,7 +33,7 @@ def peak_rss_bytes() -> int:
 
 
 def probe(request: dict) -> dict:
-    from benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime, get_runtime
+    from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime, get_runtime
 
     entry = get_runtime(request["runtime"])
     uses_torch = entry.needs == "model" or entry.device == "cuda"
@@ -42,7 +42,7 @@ def probe(request: dict) -> dict:
 
         torch.set_num_threads(int(request["threads"]))
     if entry.needs == "model":
-        from compressor.loading import load_model  # timm and torchvision: counted in the baseline
+        from vitshrink.compressor.loading import load_model  # timm and torchvision: counted in the baseline
     if entry.needs == "onnx":
         import onnxruntime  # noqa: F401  (counted in the baseline, like torch for torch backends)
     baseline = peak_rss_bytes()
@@ -83,7 +83,7 @@ def probe(request: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m benchmarks.memory_probe REQUEST_JSON", file=sys.stderr)
+        print("usage: python -m vitshrink.benchmarks.memory_probe REQUEST_JSON", file=sys.stderr)
         return 2
     print(json.dumps(probe(json.loads(argv[1]))))
     return 0

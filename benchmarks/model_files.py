@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compressor.artifact import WEIGHTS_FILE
-from compressor.loaded import LoadedModel
-from exporters.layout import ONNX_FILES, engine_file
+from vitshrink.compressor.artifact import WEIGHTS_FILE
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.exporters.layout import ONNX_FILES, engine_file
 
 
 def onnx_file(loaded: LoadedModel, precision: str, work_dir: Path) -> tuple[Path, str]:
@@ -24,19 +24,19 @@ def onnx_file(loaded: LoadedModel, precision: str, work_dir: Path) -> tuple[Path
     if not out.is_file():
         work_dir.mkdir(parents=True, exist_ok=True)
         if precision == "fp32":
-            from exporters.io_spec import IOSpec
-            from exporters.onnx_export import DEFAULT_OPSET, export_onnx
+            from vitshrink.exporters.io_spec import IOSpec
+            from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
 
             io = IOSpec.from_model(loaded.model, loaded.data_config)
             export_onnx(loaded.model, io, out, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
         else:
             source, _ = onnx_file(loaded, "fp32", work_dir)
             if precision == "fp16":
-                from exporters.fp16 import convert_fp16
+                from vitshrink.exporters.fp16 import convert_fp16
 
                 convert_fp16(source, out)
             else:
-                from exporters.int8 import quantize_int8
+                from vitshrink.exporters.int8 import quantize_int8
 
                 quantize_int8(source, out)
     return out, "exported"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.gate import GateResult
-from benchmarks.metrics import REFERENCE_BACKEND
-from benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG
-from compressor.atomic import write_json_atomic, write_text_atomic
-from compressor.report import format_table, markdown_table
+from vitshrink.benchmarks.gate import GateResult
+from vitshrink.benchmarks.metrics import REFERENCE_BACKEND
+from vitshrink.benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG
+from vitshrink.compressor.atomic import write_json_atomic, write_text_atomic
+from vitshrink.compressor.report import format_table, markdown_table
 
 MACS_NOTE = "MACs: multiply-accumulates per image (1 FMA = 1, fvcore's convention), attention (SDPA) included."
 
@@ -161,7 +161,7 @@ def write_outputs(bench: dict, out_dir: Path, *, plot: bool = True) -> dict[str,
     write_json_atomic(paths["json"], bench)
     write_text_atomic(paths["md"], markdown_report(bench))
     if plot:
-        from benchmarks.plot import save_plot
+        from vitshrink.benchmarks.plot import save_plot
 
         paths["png"] = out_dir / BENCH_PNG
         save_plot(bench, paths["png"])

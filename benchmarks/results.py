@@ -10,11 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.errors import BenchError
-from benchmarks.memory import MemoryResult
-from benchmarks.metrics import derive_metrics
-from benchmarks.stats import LatencyStats, Speedup
-from compressor.reading import read_json
+from vitshrink.benchmarks.errors import BenchError
+from vitshrink.benchmarks.memory import MemoryResult
+from vitshrink.benchmarks.metrics import derive_metrics
+from vitshrink.benchmarks.stats import LatencyStats, Speedup
+from vitshrink.compressor.reading import read_json
 
 SCHEMA = 1
 BENCH_JSON = "bench.json"

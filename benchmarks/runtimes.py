@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.errors import BenchError, RuntimeUnavailableError
-from benchmarks.timing import Timer
+from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.timing import Timer
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -194,7 +194,7 @@ def _check_ort_cuda() -> str | None:
 
 def _check_tensorrt() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
-        from exporters.tensorrt_build import INSTALL_HINT
+        from vitshrink.exporters.tensorrt_build import INSTALL_HINT
 
         return f"the tensorrt package is not installed; {INSTALL_HINT}"
     return _check_cuda()
@@ -340,8 +340,8 @@ def _ort_cuda(subject: Subject, precision: str, options: RuntimeOptions) -> Runt
 def _tensorrt(subject: Subject, precision: str, options: RuntimeOptions) -> Runtime:
     import torch
 
-    from exporters.io_spec import INPUT_NAME, OUTPUT_NAME
-    from exporters.tensorrt_build import import_tensorrt
+    from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME
+    from vitshrink.exporters.tensorrt_build import import_tensorrt
 
     trt = import_tensorrt()
     path = subject.engines.get(precision)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from benchmarks.errors import BenchError
+from vitshrink.benchmarks.errors import BenchError
 
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
-from benchmarks.errors import BenchError
+from vitshrink.benchmarks.errors import BenchError
 
 Clock = Callable[[], float]  # seconds, monotonic
 Call = Callable[[], None]  # one inference; returns when the result is ready (or `sync` is called)

@@ -19,12 +19,12 @@ from safetensors.torch import save_file
 from timm.data import resolve_data_config
 from torch import nn
 
-from compressor.atomic import atomic_dir
-from compressor.errors import ArtifactError
-from compressor.loaded import LoadedModel
-from compressor.reading import read_json, read_safetensors
-from compressor.spec import ArchSpec
-from compressor.surgery import reshape_to_spec
+from vitshrink.compressor.atomic import atomic_dir
+from vitshrink.compressor.errors import ArtifactError
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.reading import read_json, read_safetensors
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import reshape_to_spec
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

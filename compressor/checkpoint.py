@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compressor.atomic import atomic_dir
-from compressor.errors import VitShrinkError
-from compressor.reading import read_safetensors
+from vitshrink.compressor.atomic import atomic_dir
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.reading import read_safetensors
 
 MODEL_FILE = "model.safetensors"
 TENSORS_FILE = "optimizer.safetensors"

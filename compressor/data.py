@@ -25,7 +25,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as tv_transforms
 from torchvision.transforms import v2
 
-from compressor.errors import DataError
+from vitshrink.compressor.errors import DataError
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compressor.progress import progress_bar
+from vitshrink.compressor.progress import progress_bar
 
 
 @torch.no_grad()

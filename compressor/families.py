@@ -23,8 +23,8 @@ from timm.models.eva import EvaAttention
 from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 
-from compressor.errors import UnsupportedModelError
-from compressor.narrow_attention import NARROW, rel_pos_with_heads
+from vitshrink.compressor.errors import UnsupportedModelError
+from vitshrink.compressor.narrow_attention import NARROW, rel_pos_with_heads
 
 # what `head_slices` knows (and their narrow subclasses)
 ATTENTIONS = (Attention, BeitAttention, RelPosAttention, EvaAttention)

@@ -17,7 +17,7 @@ import torch
 from timm.layers.pos_embed_rel import RelPosMlp
 from torch import nn
 
-from compressor.families import fc1_rows, head_dim, head_slices, mlp_hidden, neuron_slices
+from vitshrink.compressor.families import fc1_rows, head_dim, head_slices, mlp_hidden, neuron_slices
 
 
 def count_params(model: nn.Module) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressor.families import head_dim, mlp_hidden
+from vitshrink.compressor.families import head_dim, mlp_hidden
 
 
 @dataclass

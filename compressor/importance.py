@@ -29,10 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.errors import VitShrinkError
-from compressor.families import head_slices, mlp_hidden, neuron_slices, unit_magnitude
-from compressor.gates import Gates, gated
-from compressor.progress import progress_bar
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.families import head_slices, mlp_hidden, neuron_slices, unit_magnitude
+from vitshrink.compressor.gates import Gates, gated
+from vitshrink.compressor.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -7,18 +7,27 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compressor import distributed as ddp
-from compressor.artifact import is_artifact, load_artifact, save_artifact
-from compressor.atomic import write_text_atomic
-from compressor.data import Splits, build_loader, build_splits, num_classes_of
-from compressor.evaluate import evaluate
-from compressor.flops import count_macs, count_params
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from compressor.pipeline import CompressConfig, CompressData, CompressReport, run_compress
-from compressor.report import format_table, markdown_report, report_rows
-from compressor.resume import start_work_dir, weights_sha256
-from compressor.train import TrainConfig, train
+from torch.utils.data import DataLoader, Subset
+
+from vitshrink.compressor import distributed as ddp
+from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artifact
+from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.data import (
+    Splits,
+    build_loader,
+    build_splits,
+    fixed_subset,
+    num_classes_of,
+    split_train,
+)
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.flops import count_macs, count_params
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.pipeline import CompressConfig, CompressData, CompressReport, run_compress
+from vitshrink.compressor.report import format_table, markdown_report, report_rows
+from vitshrink.compressor.resume import start_work_dir, weights_sha256
+from vitshrink.compressor.train import TrainConfig, train
 
 # The embedded default: a small ViT trained on scikit-learn's digits (no download), 16x16 input.
 DEFAULT_TEACHER_DIR = Path("runs/digits-teacher")
@@ -41,7 +50,7 @@ class DataOptions:
     eval_limit: int | None = None  # random subset of the evaluation (test) split
     num_workers: int = 0
     seed: int = 0  # fixes the validation split and the subsets
-    augment: str = "auto"  # training augmentation (compressor.data.AUGMENTS); auto: by input size
+    augment: str = "auto"  # training augmentation (vitshrink.compressor.data.AUGMENTS); auto: by input size
     val_split: float | int | None = None  # held out of training: fraction, image count, 0 = none; None = 10% <= 5,000
 
 
@@ -95,23 +104,71 @@ def build_compress_data(teacher: LoadedModel, opts: DataOptions, config: Compres
     )
 
 
+def loader_data(train_loader: DataLoader, eval_loader: DataLoader, config: CompressConfig, *,
+                val_loader: DataLoader | None = None, val_split: float | int | None = None,
+                seed: int = 0) -> CompressData:
+    """CompressData from a user's own DataLoaders of (image, label) batches (the Python API's input).
+
+    Without `val_loader`, a validation split is carved out of `train_loader.dataset` as the CLI carves it
+    (`val_split`: fraction, image count, 0 = none; None = 10%, at most 5,000; fixed by `seed`); those
+    images are never trained or calibrated on. Calibration batches come from the remaining training
+    images, in the training dataset's own transform. `eval_loader` only gives the reported numbers.
+    """
+    dataset = train_loader.dataset
+    split = split_train(len(dataset), 0 if val_loader is not None else val_split, seed)
+    train_set = Subset(dataset, list(split.train)) if split.val else dataset
+    calib_size = config.calib_batches * config.calib_batch_size
+    calib = Subset(dataset, fixed_subset(split.train, calib_size, seed + 1))
+    batch = eval_loader.batch_size or config.calib_batch_size
+    if val_loader is None and split.val:
+        val_loader = build_loader(Subset(dataset, list(split.val)), batch)
+    return CompressData(
+        train_set=train_set,
+        calib_loader=build_loader(calib, config.calib_batch_size),
+        eval_loader=eval_loader,
+        val_loader=val_loader,
+        info={"source": "DataLoaders given to vitshrink.compress", "seed": seed, "train_images": len(train_set),
+              "val_images": len(val_loader.dataset) if val_loader is not None else 0,
+              "test_images": len(eval_loader.dataset)},
+    )
+
+
 def compress(job: CompressJob, log=print) -> CompressReport:
     """Load the teacher, build the data, run the stages, write the artifact and the report."""
     device = ddp.init_from_env()
     teacher = default_teacher(log=log, progress=job.progress) if job.model is None else load_model(
         job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
-    work_dir = job.work_dir or job.out.with_name(job.out.name + ".work")
-    main_log = log if ddp.is_main() else (lambda *a, **k: None)
+    work_dir = job.work_dir or default_work_dir(job.out)
     # the stages in the work folder belong to this teacher and data; --resume into another run's is refused
-    start_work_dir(work_dir, {"teacher_sha256": weights_sha256(teacher.model), "data": _data_record(job.data)},
-                   job.resume, log=main_log)
+    start_run(teacher, work_dir, _data_record(job.data), job.resume, log=log)
     data = build_compress_data(teacher, job.data, job.config)
-    report = run_compress(teacher, data, job.config, job.out, work_dir, resume=job.resume, device=device,
-                          progress=job.progress, log=main_log)
+    return compress_and_report(teacher, data, job.config, job.out, work_dir, resume=job.resume, device=device,
+                               progress=job.progress, log=log)
+
+
+def default_work_dir(out: Path) -> Path:
+    """Checkpoints and stage artifacts go beside the output: `<out>.work`."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def start_run(teacher: LoadedModel, work_dir: Path, data_record: dict, resume: bool, log=print) -> None:
+    """Bind the work folder to this teacher (sha256 of its weights) and data; see `resume.start_work_dir`."""
+    start_work_dir(work_dir, {"teacher_sha256": weights_sha256(teacher.model), "data": data_record}, resume,
+                   log=log if ddp.is_main() else (lambda *a, **k: None))
+
+
+def compress_and_report(teacher: LoadedModel, data: CompressData, config: CompressConfig, out: Path,
+                        work_dir: Path, *, resume: bool = False, device: str = "cpu", progress: bool = True,
+                        log=print) -> CompressReport:
+    """Run the stages (`pipeline.run_compress`), then write report.md beside the artifact and print the table."""
+    main_log = log if ddp.is_main() else (lambda *a, **k: None)
+    report = run_compress(teacher, data, config, out, work_dir, resume=resume, device=device,
+                          progress=progress, log=main_log)
     if ddp.is_main():
-        write_text_atomic(job.out / "report.md", markdown_report(report))
+        write_text_atomic(Path(out) / "report.md", markdown_report(report))
         main_log("\n" + format_table(report_rows(report)))
-        main_log(f"\nartifact: {job.out}  (report: {job.out / 'report.md'})")
+        main_log(f"\nartifact: {out}  (report: {Path(out) / 'report.md'})")
     return report
 
 
@@ -127,7 +184,7 @@ def finetune(job: FinetuneJob, log=print) -> dict:
         loaded = dataclasses.replace(loaded, model_args={**loaded.model_args, "num_classes": classes})
     test_loader = build_loader(splits.test, 256, num_workers=job.data.num_workers)
     val_loader = build_loader(splits.val, 256, num_workers=job.data.num_workers) if splits.val else None
-    work_dir = job.out.with_name(job.out.name + ".work")
+    work_dir = default_work_dir(job.out)
     source = {"model": job.model, "checkpoint": job.checkpoint, "pretrained": job.pretrained,
               "model_args": job.model_args}
     start_work_dir(work_dir, {**source, "data": _data_record(job.data)}, job.resume,
@@ -156,7 +213,7 @@ def finetune(job: FinetuneJob, log=print) -> dict:
 
 
 def _data_record(opts: DataOptions) -> dict:
-    """The data options a run's results depend on (not the worker count: see compressor.sampling)."""
+    """The data options a run's results depend on (not the worker count: see vitshrink.compressor.sampling)."""
     record = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("num_workers", "download")}
     if record.get("data_dir") is not None:
         record["data_dir"] = str(Path(record["data_dir"]).resolve())

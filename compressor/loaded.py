@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from compressor.spec import ArchSpec
+from vitshrink.compressor.spec import ArchSpec
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from compressor.artifact import (
+from vitshrink.compressor.artifact import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     _parse_config,
@@ -17,11 +17,11 @@ from compressor.artifact import (
     load_artifact,
     load_state_dict_strict,
 )
-from compressor.errors import ArtifactError, ModelSourceError
-from compressor.loaded import LoadedModel
-from compressor.reading import read_json, read_safetensors, read_torch_weights
-from compressor.spec import ArchSpec
-from compressor.support import check_supported
+from vitshrink.compressor.errors import ArtifactError, ModelSourceError
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.reading import read_json, read_safetensors, read_torch_weights
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.support import check_supported
 
 
 def load_model(
@@ -44,6 +44,60 @@ def load_model(
         loaded = _load_timm_name(source, checkpoint, pretrained, dict(model_args or {}))
     check_supported(loaded.model)
     return loaded
+
+
+def wrap_module(model: torch.nn.Module, *, name: str | None = None, model_args: dict | None = None) -> LoadedModel:
+    """A timm ViT built in memory (e.g. by `timm.create_model(..., img_size=32)`) as a LoadedModel.
+
+    An artifact rebuilds its model as `timm.create_model(name, **model_args)`, so both must be known:
+    `name` defaults to the architecture timm recorded in `model.pretrained_cfg`, `model_args` to the
+    shape arguments read off the model. Check, then act: the rebuilt model must have every tensor of
+    `model` with the same shape, else this raises naming the first differences.
+    """
+    check_supported(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = name or (cfg.get("architecture") if isinstance(cfg, dict) else getattr(cfg, "architecture", None))
+    if not name:
+        raise ModelSourceError("the model records no timm architecture name (pretrained_cfg['architecture']); "
+                               "pass name=, e.g. name='vit_small_patch16_224'")
+    args = dict(model_args) if model_args is not None else _shape_args(model)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        rebuilt = _create(name, pretrained=False, **args)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    bad = [f"{k}: {want.get(k)} in the model, {got.get(k)} rebuilt" for k in sorted(want.keys() | got.keys())
+           if want.get(k) != got.get(k)]
+    if bad:
+        raise ModelSourceError(
+            f"timm.create_model({name!r}, **{args}) does not rebuild this model ({len(bad)} tensors differ: "
+            f"{'; '.join(bad[:3])}); pass model_args= with the arguments the model was created with"
+        )
+    return _wrap(model, name, args, None)
+
+
+def _shape_args(model: torch.nn.Module) -> dict:
+    """The timm.create_model arguments that fix a (supported) VisionTransformer's tensor shapes."""
+    block = model.blocks[0]
+    return {
+        "img_size": tuple(model.patch_embed.img_size),
+        "patch_size": tuple(model.patch_embed.patch_size),
+        "in_chans": model.patch_embed.proj.in_channels,
+        "num_classes": model.num_classes,
+        "global_pool": model.global_pool,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": block.attn.num_heads,
+        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
+        "qkv_bias": block.attn.qkv.bias is not None,
+        "qk_norm": not isinstance(block.attn.q_norm, torch.nn.Identity),
+        "class_token": model.cls_token is not None,
+        "reg_tokens": model.num_reg_tokens,
+        "no_embed_class": model.no_embed_class,
+        "pre_norm": not isinstance(model.norm_pre, torch.nn.Identity),
+        "fc_norm": not isinstance(model.fc_norm, torch.nn.Identity),
+        "init_values": 1e-5 if not isinstance(block.ls1, torch.nn.Identity) else None,  # weights overwrite it
+        "dynamic_img_size": model.dynamic_img_size,
+    }
 
 
 def _load_timm_folder(path: Path) -> LoadedModel:

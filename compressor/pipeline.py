@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from compressor import distributed as ddp
-from compressor.artifact import is_artifact, load_artifact, save_artifact
-from compressor.errors import BudgetError
-from compressor.evaluate import evaluate
-from compressor.flops import count_macs, count_params
-from compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
-from compressor.loaded import LoadedModel
-from compressor.plan_file import check_plan, write_plan
-from compressor.planner import (
+from vitshrink.compressor import distributed as ddp
+from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artifact
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.flops import count_macs, count_params
+from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.plan_file import check_plan, write_plan
+from vitshrink.compressor.planner import (
     TOLERANCE,
     Budget,
     BudgetSplit,
@@ -35,13 +35,14 @@ from compressor.planner import (
     plan_units,
     split_budget,
 )
-from compressor.precision import resolve_amp
-from compressor.resume import check_same
-from compressor.surgery import PrunePlan, apply_plan
-from compressor.train import TrainConfig, feature_sources_for, train
+from vitshrink.compressor.precision import resolve_amp
+from vitshrink.compressor.resume import check_same
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.train import TrainConfig, feature_sources_for, train
 
 STAGES = ("width", "depth")
 PLAN_FILE = "plan.json"  # in each stage's work folder
+DISTILL_LR = 1e-4  # peak learning rate of the distillation after a cut: `compress --lr` default (README: Defaults)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class CompressConfig:
     stages: tuple[str, ...] = ("width", "depth")  # repeat "width" for iterative width steps
     depth_share: float = 0.5  # share of the target reduction that depth pruning should deliver
     depth_blocks: int | None = None  # explicit number of blocks to remove (overrides depth_share)
-    criterion: str = "taylor"  # head/neuron importance (see compressor.importance.CRITERIA)
+    criterion: str = "taylor"  # head/neuron importance (see vitshrink.compressor.importance.CRITERIA)
     block_criterion: str = "ablation"  # block importance: exact loss change of skipping each block
     scoring_loss: str = "ce"  # "ce" on labels or "kl" to the teacher
     calib_batches: int = 16  # calibration batches for scoring

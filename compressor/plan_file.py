@@ -16,10 +16,10 @@ from pathlib import Path
 
 from torch import nn
 
-from compressor.atomic import write_json_atomic
-from compressor.errors import BudgetError
-from compressor.reading import read_json
-from compressor.surgery import PrunePlan
+from vitshrink.compressor.atomic import write_json_atomic
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.reading import read_json
+from vitshrink.compressor.surgery import PrunePlan
 
 FORMAT = "vitshrink-plan"
 VERSION = 1

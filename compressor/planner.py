@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from torch import nn
 
-from compressor.errors import BudgetError
-from compressor.families import mlp_hidden
-from compressor.flops import block_macs_of, block_params_of, count_macs, count_params, num_tokens
-from compressor.importance import Scores
-from compressor.surgery import PrunePlan
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.families import mlp_hidden
+from vitshrink.compressor.flops import block_macs_of, block_params_of, count_macs, count_params, num_tokens
+from vitshrink.compressor.importance import Scores
+from vitshrink.compressor.surgery import PrunePlan
 
 METRICS = ("flops", "params")
 TOLERANCE = 0.01  # a plan lands within this fraction of the teacher's total above the target

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from compressor.errors import UnreadableFileError
+from vitshrink.compressor.errors import UnreadableFileError
 
 REDO = "re-export or re-download it"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from compressor.pipeline import CompressReport
+    from vitshrink.compressor.pipeline import CompressReport
 
 HEADER = ("model", "params (M)", "MACs (M)", "params -%", "MACs -%", "val top-1", "test top-1", "test top-5",
           "Δ test top-1", "kept/epochs", "img/s", "time (s)")

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor import distributed as ddp
-from compressor.atomic import write_json_atomic
-from compressor.errors import VitShrinkError
-from compressor.reading import read_json
+from vitshrink.compressor import distributed as ddp
+from vitshrink.compressor.atomic import write_json_atomic
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.reading import read_json
 
 RUN_FILE = "run.json"
 # what a run leaves in its work folder besides run.json (removed when a run starts over there without --resume)

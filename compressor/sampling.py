@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from compressor.errors import DataError
+from vitshrink.compressor.errors import DataError
 
 
 def samples_per_rank(n: int, world: int) -> int:

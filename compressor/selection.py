@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compressor.atomic import atomic_dir
-from compressor.reading import read_safetensors
+from vitshrink.compressor.atomic import atomic_dir
+from vitshrink.compressor.reading import read_safetensors
 
 KEEP_CHOICES = ("best", "last")
 WEIGHTS_FILE = "model.safetensors"

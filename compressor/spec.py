@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from compressor.errors import ArtifactError
-from compressor.families import head_dim, mlp_hidden
+from vitshrink.compressor.errors import ArtifactError
+from vitshrink.compressor.families import head_dim, mlp_hidden
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer_relpos import RelPosBlock, VisionTransformerRelPos
 from torch import nn
 
-from compressor.errors import UnsupportedModelError
-from compressor.families import MLPS, attention_kind, head_dim, mlp_hidden
+from vitshrink.compressor.errors import UnsupportedModelError
+from vitshrink.compressor.families import MLPS, attention_kind, head_dim, mlp_hidden
 
 BLOCKS: dict[type, type] = {
     VisionTransformer: Block,

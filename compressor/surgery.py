@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from compressor.errors import BudgetError
-from compressor.families import cut_heads, cut_neurons, head_dim, mlp_hidden
-from compressor.spec import ArchSpec, BlockSpec
-from compressor.support import check_supported
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.families import cut_heads, cut_neurons, head_dim, mlp_hidden
+from vitshrink.compressor.spec import ArchSpec, BlockSpec
+from vitshrink.compressor.support import check_supported
 
 
 @dataclass(frozen=True)

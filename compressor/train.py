@@ -7,7 +7,7 @@ order by repeating its first indices), augments each sample from (seed, epoch, i
 resumes its own RNG stream, so a resumed run, mid-epoch, with any worker count, is bit-identical.
 Kept student (`keep`): "best" (default) keeps, among the starting weights (the cut) and every epoch's,
 the one with the best top-1 on the evaluation loader given to `train`, which in `compress` is the
-validation split held out of the training data, never the test split (`compressor.selection`); "last"
+validation split held out of the training data, never the test split (`vitshrink.compressor.selection`); "last"
 keeps the last epoch's. Without an evaluation loader the last epoch's is kept.
 """
 
@@ -26,17 +26,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from compressor import distributed as ddp
-from compressor.checkpoint import has_checkpoint, load_checkpoint, read_state, rng_state, save_checkpoint
-from compressor.errors import VitShrinkError
-from compressor.evaluate import evaluate
-from compressor.kd_loss import KDWeights, distillation_loss
-from compressor.precision import resolve_amp
-from compressor.progress import progress_bar
-from compressor.resume import check_same
-from compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
-from compressor.selection import KEEP_CHOICES, BestOnValidation
-from compressor.spec import ArchSpec
+from vitshrink.compressor import distributed as ddp
+from vitshrink.compressor.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    read_state,
+    rng_state,
+    save_checkpoint,
+)
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.kd_loss import KDWeights, distillation_loss
+from vitshrink.compressor.precision import resolve_amp
+from vitshrink.compressor.progress import progress_bar
+from vitshrink.compressor.resume import check_same
+from vitshrink.compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
+from vitshrink.compressor.selection import KEEP_CHOICES, BestOnValidation
+from vitshrink.compressor.spec import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5  # linear warm-up length (fractions allowed)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     label_smoothing: float = 0.0  # cross-entropy smoothing on labels
-    amp: bool | None = None  # bf16 autocast; None = auto: on where bf16 is native (compressor.precision)
+    amp: bool | None = None  # bf16 autocast; None = auto: on where bf16 is native (vitshrink.compressor.precision)
     seed: int = 0
-    num_workers: int = 0  # DataLoader workers (results do not depend on it: see compressor.sampling)
+    num_workers: int = 0  # DataLoader workers (results do not depend on it: see vitshrink.compressor.sampling)
     max_steps_per_epoch: int | None = None  # cap each epoch (quick runs); None = full pass
     keep: str = "best"  # "best": the best of start + every epoch on the evaluation loader; "last"
     kd: KDWeights = field(default_factory=KDWeights)

@@ -15,22 +15,29 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from compressor.data import build_dataset
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from exporters import tensorrt_build
-from exporters.config import ExportConfig
-from exporters.errors import ExportError, TensorRTUnavailableError
-from exporters.fp16 import convert_fp16
-from exporters.graph_checks import check_graph, check_weight_count, expected_weight_elements
-from exporters.int8 import quantize_int8
-from exporters.io_spec import IOSpec
-from exporters.layout import BUILD_SCRIPT, ENGINE_JSON, EXPORT_JSON, ONNX_FILE, ONNX_FILES, TIMING_CACHE
-from exporters.onnx_export import export_onnx, external_data_file
-from exporters.report import FORMAT_VERSION, ExportReport
-from exporters.sidecar import sha256_file
-from exporters.trtexec import EngineProfile, build_script, trtexec_commands
-from exporters.validate import (
+from vitshrink.compressor.data import build_dataset
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.exporters import tensorrt_build
+from vitshrink.exporters.config import ExportConfig
+from vitshrink.exporters.errors import ExportError, TensorRTUnavailableError
+from vitshrink.exporters.fp16 import convert_fp16
+from vitshrink.exporters.graph_checks import check_graph, check_weight_count, expected_weight_elements
+from vitshrink.exporters.int8 import quantize_int8
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.layout import (
+    BUILD_SCRIPT,
+    ENGINE_JSON,
+    EXPORT_JSON,
+    ONNX_FILE,
+    ONNX_FILES,
+    TIMING_CACHE,
+)
+from vitshrink.exporters.onnx_export import export_onnx, external_data_file
+from vitshrink.exporters.report import FORMAT_VERSION, ExportReport
+from vitshrink.exporters.sidecar import sha256_file
+from vitshrink.exporters.trtexec import EngineProfile, build_script, trtexec_commands
+from vitshrink.exporters.validate import (
     CHUNK,
     InputCase,
     ValidationReport,

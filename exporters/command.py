@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from compressor.errors import VitShrinkError
-from exporters.api import ExportConfig, export
-from exporters.config import TARGETS
-from exporters.onnx_export import DEFAULT_OPSET
-from exporters.trtexec import PRECISIONS
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.exporters.api import ExportConfig, export
+from vitshrink.exporters.config import TARGETS
+from vitshrink.exporters.onnx_export import DEFAULT_OPSET
+from vitshrink.exporters.trtexec import PRECISIONS
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 _POSITIVE = click.IntRange(min=1)
@@ -56,7 +56,7 @@ _POSITIVE = click.IntRange(min=1)
 @click.option(
     "--min-agreement", type=click.FloatRange(0, 1), help="Minimum top-1 agreement with PyTorch, 0..1."
 )
-@click.option("--dataset", help="Dataset for validation on real images (compressor.data name, e.g. cifar10).")
+@click.option("--dataset", help="Dataset for validation on real images (vitshrink.compressor.data name, e.g. cifar10).")
 @click.option("--data-dir", type=_FOLDER, help="Folder of that dataset.")
 @click.option(
     "--limit", type=_POSITIVE, default=256, show_default=True, help="Eval images used for validation."

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from exporters.errors import ExportError
-from exporters.onnx_export import DEFAULT_OPSET, check_opset
-from exporters.trtexec import PRECISIONS, EngineProfile
-from exporters.validate import DEFAULT_TOLERANCE, ENGINE_TOLERANCE, Tolerance
+from vitshrink.exporters.errors import ExportError
+from vitshrink.exporters.onnx_export import DEFAULT_OPSET, check_opset
+from vitshrink.exporters.trtexec import PRECISIONS, EngineProfile
+from vitshrink.exporters.validate import DEFAULT_TOLERANCE, ENGINE_TOLERANCE, Tolerance
 
 TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "trt")
 
@@ -28,7 +28,7 @@ class ExportConfig:
     rtol: float | None = None
     min_agreement: float | None = None  # top-1 agreement with PyTorch, 0..1
     check_batches: tuple[int, ...] = (1, 16)  # batch sizes of the random validation inputs (dynamic batch)
-    dataset: str | None = None  # a compressor.data dataset for validation on real images
+    dataset: str | None = None  # a vitshrink.compressor.data dataset for validation on real images
     data_dir: Path | None = None  # its folder (not needed for digits)
     limit: int = 256  # images taken from the dataset's eval split
     # TensorRT (target trt)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from exporters.onnx_export import save_onnx
+from vitshrink.exporters.onnx_export import save_onnx
 
 
 def convert_fp16(src: Path, dst: Path) -> None:

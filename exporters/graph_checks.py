@@ -17,8 +17,8 @@ import torch
 from timm.layers.pos_embed_rel import RelPosMlp
 from torch import nn
 
-from exporters.errors import ExportError
-from exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.errors import ExportError
+from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
 
 # Initializer types that hold model weights (FP32/FP16 graphs, and the INT8 weights of a quantized one).
 # Shape constants (int64) and the scalar scales/zero points a quantizer adds are not weights.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from exporters.errors import ExportError
+from vitshrink.exporters.errors import ExportError
 
 INPUT_NAME = "input"  # (batch, C, H, W) float32, normalised with the model's mean/std
 OUTPUT_NAME = "logits"  # (batch, num_classes) float32, before softmax

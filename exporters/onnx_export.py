@@ -16,8 +16,8 @@ import onnx
 import torch
 from torch import nn
 
-from exporters.errors import ExportError
-from exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.errors import ExportError
+from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
 
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 (TensorRT maps it to INormalizationLayer)
 DEFAULT_OPSET = 17  # TensorRT 10.3 (JetPack 6) parses opsets 9-20

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporters.config import ExportConfig
-from exporters.io_spec import IOSpec
-from exporters.layout import BUILD_SCRIPT
-from exporters.onnx_export import exporter_name
-from exporters.sidecar import library_versions
-from exporters.validate import ValidationReport
+from vitshrink.exporters.config import ExportConfig
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.layout import BUILD_SCRIPT
+from vitshrink.exporters.onnx_export import exporter_name
+from vitshrink.exporters.sidecar import library_versions
+from vitshrink.exporters.validate import ValidationReport
 
 FORMAT_VERSION = 1  # of export.json and engine.json
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.atomic import atomic_file
-from exporters.errors import EngineBuildError, TensorRTUnavailableError
-from exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
-from exporters.layout import engine_file, engine_onnx_file
-from exporters.trtexec import EngineProfile
-from exporters.validate import Runner
+from vitshrink.compressor.atomic import atomic_file
+from vitshrink.exporters.errors import EngineBuildError, TensorRTUnavailableError
+from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.layout import engine_file, engine_onnx_file
+from vitshrink.exporters.trtexec import EngineProfile
+from vitshrink.exporters.validate import Runner
 
 INSTALL_HINT = (
     "on a Jetson the tensorrt package comes with JetPack (python3-libnvinfer); on x86 `pip install tensorrt` "

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from exporters.errors import ExportError
-from exporters.io_spec import INPUT_NAME, IOSpec
-from exporters.layout import TIMING_CACHE, engine_file, engine_onnx_file
+from vitshrink.exporters.errors import ExportError
+from vitshrink.exporters.io_spec import INPUT_NAME, IOSpec
+from vitshrink.exporters.layout import TIMING_CACHE, engine_file, engine_onnx_file
 
 PRECISIONS = ("fp32", "fp16")
 

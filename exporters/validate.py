@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters.errors import ExportError, ParityError
-from exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.errors import ExportError, ParityError
+from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, C, H, W) float32 -> (B, num_outputs) logits
 CHUNK = 64  # largest batch sent to a runner with a dynamic batch axis

@@ -9,9 +9,9 @@ import pytest
 import timm
 import torch
 
-from compressor.data import build_dataset, build_loader
-from compressor.loading import load_model
-from compressor.train import TrainConfig, train
+from vitshrink.compressor.data import build_dataset, build_loader
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
@@ -52,7 +52,7 @@ def digits_eval_loader(trained_digits):
 
 @pytest.fixture(scope="session")
 def digits_calib(trained_digits):
-    from compressor.importance import calibration_batches
+    from vitshrink.compressor.importance import calibration_batches
 
     ds = build_dataset("digits", None, "train", trained_digits.data_config, limit=256, seed=1)
     return calibration_batches(build_loader(ds, 64), 4)

@@ -8,12 +8,17 @@ import json
 import pytest
 import torch
 
-import compressor.artifact as artifact_module
-from compressor.artifact import load_artifact, save_artifact
-from compressor.errors import ArtifactError, ModelSourceError, UnreadableFileError, UnsupportedModelError
-from compressor.loading import load_model
-from compressor.surgery import PrunePlan, apply_plan
+import vitshrink.compressor.artifact as artifact_module
 from tests.conftest import SHARED, TINY_ARGS
+from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.errors import (
+    ArtifactError,
+    ModelSourceError,
+    UnreadableFileError,
+    UnsupportedModelError,
+)
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 
 def _pruned(tmp_path):

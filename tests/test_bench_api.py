@@ -8,15 +8,15 @@ import pytest
 from click.testing import CliRunner
 from test_bench_helpers import tiny_pair
 
-from benchmarks.api import BenchConfig, run_bench
-from benchmarks.command import bench_command
-from benchmarks.errors import BenchError, RuntimeUnavailableError
-from benchmarks.memory import measure_memory
-from benchmarks.model_files import onnx_file
-from benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG, SCHEMA, read_bench_json
-from benchmarks.timing import TimingPolicy
-from compressor.flops import count_macs, count_params
-from compressor.loading import load_model
+from vitshrink.benchmarks.api import BenchConfig, run_bench
+from vitshrink.benchmarks.command import bench_command
+from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.memory import measure_memory
+from vitshrink.benchmarks.model_files import onnx_file
+from vitshrink.benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG, SCHEMA, read_bench_json
+from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.compressor.flops import count_macs, count_params
+from vitshrink.compressor.loading import load_model
 
 QUICK = TimingPolicy(warmup_iters=1, warmup_s=0.0, min_iters=3, min_time_s=0.0, max_time_s=5.0)
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import timm
 
-from compressor.flops import count_macs, count_macs_fvcore
+from vitshrink.compressor.flops import count_macs, count_macs_fvcore
 
 # ViT-S/16 and ViT-B/16 at 224: 4.6 and 17.6 GMACs (fvcore convention, attention included;
 # timm's published 4.61 / 17.58; Torch-Pruning's readme: 17.59 for ViT-B/16)

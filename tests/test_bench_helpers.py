@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from compressor.artifact import save_artifact
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 TINY_ARGS = {
     "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10,

@@ -9,9 +9,16 @@ import pytest
 import torch
 from test_bench_helpers import tiny_teacher
 
-from benchmarks.errors import BenchError, RuntimeUnavailableError
-from benchmarks.model_files import onnx_file
-from benchmarks.runtimes import RUNTIMES, BackendSpec, RuntimeOptions, Subject, build_runtime, host_input
+from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.model_files import onnx_file
+from vitshrink.benchmarks.runtimes import (
+    RUNTIMES,
+    BackendSpec,
+    RuntimeOptions,
+    Subject,
+    build_runtime,
+    host_input,
+)
 
 
 def test_unknown_backend_lists_the_valid_ones():

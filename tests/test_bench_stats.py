@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.errors import BenchError
-from benchmarks.stats import latency_stats, speedup
+from vitshrink.benchmarks.errors import BenchError
+from vitshrink.benchmarks.stats import latency_stats, speedup
 
 
 def test_latency_stats_of_1_to_100_ms():

@@ -6,9 +6,9 @@ from itertools import cycle
 
 import pytest
 
-from benchmarks.errors import BenchError
-from benchmarks.stats import latency_stats
-from benchmarks.timing import Timer, TimingPolicy, measure
+from vitshrink.benchmarks.errors import BenchError
+from vitshrink.benchmarks.stats import latency_stats
+from vitshrink.benchmarks.timing import Timer, TimingPolicy, measure
 
 
 class FakeClock:

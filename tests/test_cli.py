@@ -8,8 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from compressor.artifact import load_artifact, save_artifact
+from vitshrink.cli import main
+from vitshrink.compressor.artifact import load_artifact, save_artifact
 
 
 @pytest.fixture

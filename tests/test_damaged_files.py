@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from cli import main
-from compressor.artifact import save_artifact
-from compressor.errors import UnreadableFileError
-from compressor.loading import load_model
-from compressor.reading import read_json, read_safetensors, read_torch_weights
 from tests.conftest import TINY_ARGS, TINY_CFG
+from vitshrink.cli import main
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.errors import UnreadableFileError
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.reading import read_json, read_safetensors, read_torch_weights
 
 
 def _truncate(path, keep: int | None = None) -> None:
@@ -149,7 +149,7 @@ def test_readers_still_read_good_files(tiny, tmp_path):
 
 
 def test_cut_training_checkpoint_says_how_to_start_over(tmp_path):
-    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    from vitshrink.compressor.checkpoint import load_checkpoint, save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -7,16 +7,16 @@ import torch
 from click.testing import CliRunner
 from torch.utils.data import DataLoader, TensorDataset
 
-from cli import main
-from compressor import importance
-from compressor.artifact import save_artifact
-from compressor.errors import BudgetError
-from compressor.flops import block_macs_of, count_macs, num_tokens
-from compressor.loading import load_model
-from compressor.pipeline import CompressConfig, CompressData, run_compress
-from compressor.planner import Budget
-from compressor.train import TrainConfig
 from tests.conftest import TINY_ARGS, TINY_CFG
+from vitshrink.cli import main
+from vitshrink.compressor import importance
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.flops import block_macs_of, count_macs, num_tokens
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.pipeline import CompressConfig, CompressData, run_compress
+from vitshrink.compressor.planner import Budget
+from vitshrink.compressor.train import TrainConfig
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0, CompressConfig(Budget("flops", 0.5)).depth_share)
 

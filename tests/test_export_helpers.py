@@ -1,6 +1,6 @@
 """Tiny pruned ViTs shared by the export tests (no tests in this file).
 
-The models are cut with the real surgery (`compressor.surgery.apply_plan`): uneven heads and MLP
+The models are cut with the real surgery (`vitshrink.compressor.surgery.apply_plan`): uneven heads and MLP
 widths per block and a removed block, so an exporter that pads or drops widths shows up in the
 weight counts and the parity numbers. They are then trained for a few steps on a synthetic
 10-class task: a randomly initialised ViT gives nearly the same logits for every input (median
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from compressor.artifact import save_artifact
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 # embed 64 = 4 heads x 16; depth 3; 32x32 images in 4x4 patches (65 tokens); MLP 256 wide
 TINY_ARGS = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}

@@ -12,15 +12,20 @@ import timm
 import torch
 from test_export_helpers import PRUNED_WIDTHS, TINY_ARGS, synthetic_images, tiny_artifact, tiny_pruned_vit
 
-from compressor.errors import VitShrinkError
-from exporters.api import ExportConfig, export
-from exporters.errors import ExportError, ParityError
-from exporters.graph_checks import check_graph, check_weight_count, expected_weight_elements, weight_elements
-from exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
-from exporters.layout import EXPORT_JSON, FP16_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE
-from exporters.onnx_export import MAX_OPSET, export_onnx
-from exporters.sidecar import sha256_file
-from exporters.validate import DEFAULT_TOLERANCE, InputCase, onnx_runner, validate
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.exporters.api import ExportConfig, export
+from vitshrink.exporters.errors import ExportError, ParityError
+from vitshrink.exporters.graph_checks import (
+    check_graph,
+    check_weight_count,
+    expected_weight_elements,
+    weight_elements,
+)
+from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.layout import EXPORT_JSON, FP16_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE
+from vitshrink.exporters.onnx_export import MAX_OPSET, export_onnx
+from vitshrink.exporters.sidecar import sha256_file
+from vitshrink.exporters.validate import DEFAULT_TOLERANCE, InputCase, onnx_runner, validate
 
 
 def _linear_shapes(model: torch.nn.Module) -> Counter:
@@ -130,7 +135,7 @@ def test_broken_parity_raises_every_mismatch_and_writes_nothing(tmp_path, monkey
             model.head.bias[3] += 0.01  # the model the graph is made from, not the reference
         real_export(model, io, path, **options)
 
-    monkeypatch.setattr("exporters.api.export_onnx", export_perturbed)
+    monkeypatch.setattr("vitshrink.exporters.api.export_onnx", export_perturbed)
     with pytest.raises(ParityError) as caught:
         export(folder, ExportConfig())
 

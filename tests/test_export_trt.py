@@ -17,13 +17,20 @@ import onnx
 import pytest
 from test_export_helpers import tiny_artifact
 
-from exporters import tensorrt_build
-from exporters.api import ExportConfig, export
-from exporters.errors import TensorRTUnavailableError
-from exporters.io_spec import IOSpec
-from exporters.layout import BUILD_SCRIPT, ENGINE_JSON, EXPORT_JSON, FP16_ONNX_FILE, ONNX_FILE, TIMING_CACHE
-from exporters.trtexec import EngineProfile, build_script, trtexec_args
-from exporters.validate import onnx_runner
+from vitshrink.exporters import tensorrt_build
+from vitshrink.exporters.api import ExportConfig, export
+from vitshrink.exporters.errors import TensorRTUnavailableError
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.layout import (
+    BUILD_SCRIPT,
+    ENGINE_JSON,
+    EXPORT_JSON,
+    FP16_ONNX_FILE,
+    ONNX_FILE,
+    TIMING_CACHE,
+)
+from vitshrink.exporters.trtexec import EngineProfile, build_script, trtexec_args
+from vitshrink.exporters.validate import onnx_runner
 
 IO = IOSpec((3, 32, 32), 10)
 PROFILE = EngineProfile(1, 4, 16)

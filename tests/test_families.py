@@ -19,15 +19,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from compressor.artifact import load_artifact, save_artifact
-from compressor.errors import UnsupportedModelError
-from compressor.families import mlp_hidden
-from compressor.flops import block_params_of, count_macs, count_macs_fvcore, count_params
-from compressor.gates import gated
-from compressor.loading import load_model
-from compressor.spec import ArchSpec
-from compressor.surgery import PrunePlan, apply_plan
-from exporters.api import ExportConfig, export
+from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.errors import UnsupportedModelError
+from vitshrink.compressor.families import mlp_hidden
+from vitshrink.compressor.flops import block_params_of, count_macs, count_macs_fvcore, count_params
+from vitshrink.compressor.gates import gated
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.exporters.api import ExportConfig, export
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
 # family -> (timm name, extra model args); every args dict is JSON, so the artifact can rebuild it

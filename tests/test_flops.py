@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 
-from compressor.flops import count_macs, count_macs_fvcore
-from compressor.spec import ArchSpec
-from compressor.surgery import PrunePlan, apply_plan
 from tests.conftest import tiny_vit
+from vitshrink.compressor.flops import count_macs, count_macs_fvcore
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 
 @pytest.mark.parametrize("name, gmacs", [("vit_small_patch16_224", 4.6), ("vit_base_patch16_224", 17.6)])

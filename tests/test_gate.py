@@ -7,11 +7,17 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.api import gate_bench
-from benchmarks.command import gate_command
-from benchmarks.errors import GateConfigError
-from benchmarks.gate import DEFAULT_GATES, evaluate_gates, gates_passed, load_gate_config, parse_gate_config
-from benchmarks.results import SCHEMA
+from vitshrink.benchmarks.api import gate_bench
+from vitshrink.benchmarks.command import gate_command
+from vitshrink.benchmarks.errors import GateConfigError
+from vitshrink.benchmarks.gate import (
+    DEFAULT_GATES,
+    evaluate_gates,
+    gates_passed,
+    load_gate_config,
+    parse_gate_config,
+)
+from vitshrink.benchmarks.results import SCHEMA
 
 
 def bench(metrics: dict, fingerprint: str = "machine-a") -> dict:

@@ -9,9 +9,15 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from benchmarks.command import bench_command, gate_command
-from benchmarks.gate import DEFAULT_GATES, evaluate_gates, load_gate_config, parse_gate_config, read_baseline
-from benchmarks.results import SCHEMA
+from vitshrink.benchmarks.command import bench_command, gate_command
+from vitshrink.benchmarks.gate import (
+    DEFAULT_GATES,
+    evaluate_gates,
+    load_gate_config,
+    parse_gate_config,
+    read_baseline,
+)
+from vitshrink.benchmarks.results import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"flops_reduction": 0.30, "top1_drop": 0.8, "speedup/ort-cpu:fp32/b32": 1.32}

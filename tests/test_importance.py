@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from compressor.errors import VitShrinkError
-from compressor.gates import gated
-from compressor.importance import ScoringLoss, score, score_blocks, score_units
-from compressor.spec import ArchSpec
-from compressor.surgery import PrunePlan, apply_plan
 from tests.conftest import tiny_vit
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.gates import gated
+from vitshrink.compressor.importance import ScoringLoss, score, score_blocks, score_units
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 
 def test_gates_at_one_change_nothing_and_at_zero_equal_the_cut(digits_teacher):

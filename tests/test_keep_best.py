@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-from compressor.data import build_dataset
-from compressor.errors import VitShrinkError
-from compressor.evaluate import evaluate
-from compressor.train import TrainConfig, TrainingInterrupted, train
 from tests.conftest import tiny_vit
+from vitshrink.compressor.data import build_dataset
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.train import TrainConfig, TrainingInterrupted, train
 
 
 def _train_set(teacher):

@@ -8,12 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from compressor.artifact import load_artifact, save_artifact
-from compressor.errors import BudgetError
-from compressor.plan_file import check_plan, read_plan, write_plan
-from compressor.surgery import PrunePlan
 from tests.conftest import tiny_vit
+from vitshrink.cli import main
+from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.plan_file import check_plan, read_plan, write_plan
+from vitshrink.compressor.surgery import PrunePlan
 
 
 @pytest.fixture

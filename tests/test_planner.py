@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import timm
 
-from compressor.errors import BudgetError
-from compressor.importance import Scores
-from compressor.planner import (
+from tests.conftest import tiny_vit
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.importance import Scores
+from vitshrink.compressor.planner import (
     Budget,
     ModelCosts,
     choose_blocks,
@@ -22,9 +23,8 @@ from compressor.planner import (
     split_budget,
     unit_costs,
 )
-from compressor.spec import ArchSpec
-from compressor.surgery import PrunePlan, apply_plan
-from tests.conftest import tiny_vit
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 
 def _scores(model, seed=0) -> Scores:

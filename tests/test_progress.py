@@ -8,11 +8,11 @@ import re
 from click.testing import CliRunner
 from tqdm import tqdm
 
-from cli import main
-from compressor.artifact import save_artifact
-from compressor.loading import load_model
-from compressor.progress import LineProgress, progress_bar
 from tests.conftest import TINY_ARGS, TINY_CFG
+from vitshrink.cli import main
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.progress import LineProgress, progress_bar
 
 
 class _Terminal(io.StringIO):

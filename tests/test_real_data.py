@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from compressor.artifact import load_artifact, save_artifact
-from compressor.data import build_dataset, build_loader
-from compressor.evaluate import evaluate
-from compressor.flops import count_macs
-from compressor.importance import calibration_batches, score
-from compressor.loading import load_model
-from compressor.planner import model_cost, plan_width
-from compressor.surgery import apply_plan
 from tests.conftest import SHARED
+from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.data import build_dataset, build_loader
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.flops import count_macs
+from vitshrink.compressor.importance import calibration_batches, score
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.planner import model_cost, plan_width
+from vitshrink.compressor.surgery import apply_plan
 
 TEACHER = SHARED / "models" / "cifar10-vit"
 CIFAR = SHARED / "datasets" / "cifar10"

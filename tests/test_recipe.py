@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli import _data_options, compress, compress_config
-from compressor.data import build_loader
-from compressor.evaluate import predict_logits
-from compressor.jobs import _datasets
-from compressor.loading import load_model
-from compressor.train import train
 from tests.conftest import SHARED
+from vitshrink.cli import _data_options, compress, compress_config
+from vitshrink.compressor.data import build_loader
+from vitshrink.compressor.evaluate import predict_logits
+from vitshrink.compressor.jobs import _datasets
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.train import train
 
 TEACHER = SHARED / "models" / "cifar10-vit"
 CIFAR = SHARED / "datasets" / "cifar10"

@@ -1,6 +1,6 @@
 """`--resume` refuses a work folder or checkpoint that another run made, and names what differs.
 
-(compressor.resume is imported inside the tests that use it, so the first test also runs, and fails,
+(vitshrink.compressor.resume is imported inside the tests that use it, so the first test also runs, and fails,
 on code without it.)
 """
 
@@ -13,12 +13,12 @@ import json
 import pytest
 import torch
 
-from compressor.artifact import save_artifact
-from compressor.errors import VitShrinkError
-from compressor.jobs import CompressJob, DataOptions, compress
-from compressor.pipeline import CompressConfig
-from compressor.planner import Budget
-from compressor.train import TrainConfig
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.jobs import CompressJob, DataOptions, compress
+from vitshrink.compressor.pipeline import CompressConfig
+from vitshrink.compressor.planner import Budget
+from vitshrink.compressor.train import TrainConfig
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -67,7 +67,7 @@ def test_resume_refuses_another_teachers_or_other_datas_stages(teachers, tmp_pat
 
 
 def test_starting_over_clears_the_earlier_run_so_a_later_resume_cannot_mix(teachers, tmp_path):
-    from compressor.resume import start_work_dir
+    from vitshrink.compressor.resume import start_work_dir
 
     a, b = teachers
     compress(_job(a, tmp_path), log=_quiet)
@@ -83,7 +83,7 @@ def test_starting_over_clears_the_earlier_run_so_a_later_resume_cannot_mix(teach
 
 
 def test_a_work_folder_without_a_run_record_is_not_resumed(tmp_path):
-    from compressor.resume import start_work_dir
+    from vitshrink.compressor.resume import start_work_dir
 
     (tmp_path / "stage1-width").mkdir()
     with pytest.raises(VitShrinkError, match="has no run.json .*rerun without --resume"):
@@ -93,7 +93,7 @@ def test_a_work_folder_without_a_run_record_is_not_resumed(tmp_path):
 
 
 def test_the_message_names_each_difference_as_its_option():
-    from compressor.resume import check_same
+    from vitshrink.compressor.resume import check_same
 
     recorded = {"budget": "flops=0.3", "stages": ["width", "depth"], "train": {"amp": False, "lr": 1e-4},
                 "calib_batch_size": 64, "data": {"train_limit": None}}
@@ -110,7 +110,7 @@ def test_the_message_names_each_difference_as_its_option():
 
 
 def test_the_weights_fingerprint_sees_one_changed_value(trained_digits):
-    from compressor.resume import weights_sha256
+    from vitshrink.compressor.resume import weights_sha256
 
     model = copy.deepcopy(trained_digits.model)
     before = weights_sha256(model)

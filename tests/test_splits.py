@@ -12,8 +12,8 @@ from torch.utils.data import Subset
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from cli import main
-from compressor.data import (
+from vitshrink.cli import main
+from vitshrink.compressor.data import (
     DigitsDataset,
     auto_augment,
     build_dataset,
@@ -23,7 +23,7 @@ from compressor.data import (
     split_train,
     val_size,
 )
-from compressor.errors import DataError
+from vitshrink.compressor.errors import DataError
 
 DIGITS_CFG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 CIFAR_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",

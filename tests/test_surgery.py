@@ -9,10 +9,10 @@ import timm
 import torch
 from timm.layers import GatedMlp
 
-from compressor.errors import BudgetError, UnsupportedModelError
-from compressor.spec import ArchSpec
-from compressor.surgery import PrunePlan, apply_plan
 from tests.conftest import tiny_vit
+from vitshrink.compressor.errors import BudgetError, UnsupportedModelError
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 CONFIGS = {
     "plain": {},

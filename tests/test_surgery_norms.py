@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from torch import nn
 
-from cli import main
-from compressor.errors import UnsupportedModelError
-from compressor.spec import ArchSpec
-from compressor.support import check_supported
-from compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
 from tests.conftest import TINY_ARGS
+from vitshrink.cli import main
+from vitshrink.compressor.errors import UnsupportedModelError
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.support import check_supported
+from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
 
 NORMS = {
     "layernorm_no_weights": partial(nn.LayerNorm, elementwise_affine=False),

@@ -7,8 +7,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from compressor.train import TrainConfig, train
 from tests.conftest import tiny_vit
+from vitshrink.compressor.train import TrainConfig, train
 
 
 class SlowDataset(Dataset):

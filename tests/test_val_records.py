@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from compressor.evaluate import evaluate
-from compressor.jobs import DataOptions, build_compress_data
-from compressor.pipeline import CompressConfig, run_compress
-from compressor.planner import Budget
-from compressor.report import format_table, markdown_report, report_rows
-from compressor.train import TrainConfig
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.jobs import DataOptions, build_compress_data
+from vitshrink.compressor.pipeline import CompressConfig, run_compress
+from vitshrink.compressor.planner import Budget
+from vitshrink.compressor.report import format_table, markdown_report, report_rows
+from vitshrink.compressor.train import TrainConfig
 
 
 def _compress(teacher, tmp_path, val_split):

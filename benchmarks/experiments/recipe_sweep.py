@@ -6,9 +6,9 @@ seed and training subset; only the settings named by the variant change. Each ru
 The result that counts is the final stage's validation top-1 (images held out of the training split);
 test images are never looked at here (`--eval-limit` keeps their evaluation small, the number unused).
 
-    python -m benchmarks.recipe_sweep --model ../shared/models/cifar10-vit --data-dir ../shared/datasets/cifar10 \\
+    python -m benchmarks.experiments.recipe_sweep --model ../shared/models/cifar10-vit --data-dir ../shared/datasets/cifar10 \\
         --sweep width --out benchmarks/results/recipe-width.json
-    python -m benchmarks.recipe_sweep --table benchmarks/results/recipe-width.json   # markdown table
+    python -m benchmarks.experiments.recipe_sweep --table benchmarks/results/recipe-width.json   # markdown table
 
 Variants are resumed by name: rerunning the same command skips the variants already in the JSON file.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import click
 
-from compressor.atomic import write_json_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (this file is benchmarks/experiments/)
 
 # name -> extra `compress` arguments; the first of each sweep is the current default recipe
 SWEEPS: dict[str, dict[str, list[str]]] = {

@@ -1,6 +1,6 @@
 """`run_compare(config)`: every method on one teacher, one budget, one data split, one distillation budget.
 
-For each seed and method (see `benchmarks.methods`): cut and recover, count params and MACs, time
+For each seed and method (see `vitshrink.benchmarks.experiments.methods`): cut and recover, count params and MACs, time
 the student against the teacher on ONNX Runtime (CPU, fixed threads, alternating, median ratio),
 and save the row at once (`rows/<method>-seed<k>.json`, atomic), so `resume` skips finished rows and
 hands `resume` to the pipeline so interrupted distillation continues. compare.json, compare.md and
@@ -20,19 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.errors import CompareError
-from benchmarks.methods import METHODS, MethodContext, get_method, metrics
-from benchmarks.paired import compare_correct, pack_correct, paired_bootstrap_ci, unpack_correct
-from benchmarks.timing import TimingPolicy
-from compressor.artifact import is_artifact, load_artifact, save_artifact
-from compressor.atomic import write_json_atomic
-from compressor.evaluate import predict_logits
-from compressor.flops import count_macs, count_params
-from compressor.jobs import DataOptions, build_compress_data
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from compressor.pipeline import CompressConfig, CompressData
-from compressor.reading import read_json
+from vitshrink.benchmarks.errors import CompareError
+from vitshrink.benchmarks.experiments.methods import METHODS, MethodContext, get_method, metrics
+from vitshrink.benchmarks.experiments.paired import (
+    compare_correct,
+    pack_correct,
+    paired_bootstrap_ci,
+    unpack_correct,
+)
+from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artifact
+from vitshrink.compressor.atomic import write_json_atomic
+from vitshrink.compressor.evaluate import predict_logits
+from vitshrink.compressor.flops import count_macs, count_params
+from vitshrink.compressor.jobs import DataOptions, build_compress_data
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.pipeline import CompressConfig, CompressData
+from vitshrink.compressor.reading import read_json
 
 SCHEMA = 1
 ROWS_DIR = "rows"
@@ -55,7 +60,7 @@ class LatencyOptions:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    teacher: str  # folder or timm name, as `compressor.loading.load_model` takes it
+    teacher: str  # folder or timm name, as `vitshrink.compressor.loading.load_model` takes it
     paper: CompressConfig  # the paper's method: budget, calibration, distillation per stage (seed set per run)
     data: DataOptions = field(default_factory=DataOptions)  # its seed fixes the subsets: the same for every run
     methods: tuple[str, ...] = tuple(METHODS)
@@ -118,8 +123,8 @@ def row_path(out_dir: Path, method: str, seed: int) -> Path:
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run every (seed, method) row not finished yet; return the compare.json content (also written)."""
-    from benchmarks.compare_report import write_outputs
-    from benchmarks.environment import collect_environment
+    from vitshrink.benchmarks.environment import collect_environment
+    from vitshrink.benchmarks.experiments.compare_report import write_outputs
 
     log = log or (lambda message: None)
     started = time.perf_counter()
@@ -217,8 +222,8 @@ def read_row(path: Path, fingerprint: str) -> dict:
 
 def _teacher_folder(teacher: LoadedModel, config: CompareConfig, folder: Path) -> Path:
     """The teacher as an artifact with its FP32 ONNX graph beside it, so each latency run exports the student only."""
-    from benchmarks.model_files import onnx_file
-    from exporters.layout import ONNX_FILE
+    from vitshrink.benchmarks.model_files import onnx_file
+    from vitshrink.exporters.layout import ONNX_FILE
 
     if not (config.resume and is_artifact(folder) and (folder / ONNX_FILE).is_file()):
         save_artifact(folder, teacher, {"method": "teacher (copied by the comparison for its latency runs)",
@@ -229,7 +234,7 @@ def _teacher_folder(teacher: LoadedModel, config: CompareConfig, folder: Path) -
 
 def ort_latency(teacher_dir: Path, student_dir: Path, options: LatencyOptions) -> dict:
     """Student vs teacher on ONNX Runtime CPU (FP32), timed alternately; ratios of medians per batch size."""
-    from benchmarks.api import BenchConfig, run_bench
+    from vitshrink.benchmarks.api import BenchConfig, run_bench
 
     report = run_bench(BenchConfig(
         student=str(student_dir), teacher=str(teacher_dir), backends=(LATENCY_BACKEND,),

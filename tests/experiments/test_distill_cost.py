@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from benchmarks.distill_cost import CostConfig, format_rows, run_cost
-from compressor.artifact import save_artifact
-from compressor.errors import VitShrinkError
-from compressor.loading import load_model
 from tests.conftest import TINY_ARGS, TINY_CFG
+from vitshrink.benchmarks.experiments.distill_cost import CostConfig, format_rows, run_cost
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.loading import load_model
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.vit_speedup`: does a ViT pruned by 30% of its FLOPs get 1/0.7 = 1.43x faster?
+"""`python -m benchmarks.experiments.vit_speedup`: does a ViT pruned by 30% of its FLOPs get 1/0.7 = 1.43x faster?
 
 On this CPU with ONNX Runtime, a `vit_small_patch16_224` (random weights: speed does not depend on
 them) is cut to about 30% fewer MACs in several ways, each exported with the exporter's settings
@@ -27,17 +27,17 @@ from pathlib import Path
 import click
 import torch
 
-from benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
-from benchmarks.stats import latency_stats, speedup
-from benchmarks.timing import TimingPolicy, measure
-from compressor.flops import count_macs
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from compressor.planner import plan_width, unit_costs
-from compressor.report import format_table
-from compressor.surgery import PrunePlan, apply_plan
-from exporters.io_spec import IOSpec
-from exporters.onnx_export import DEFAULT_OPSET, export_onnx
+from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
+from vitshrink.benchmarks.stats import latency_stats, speedup
+from vitshrink.benchmarks.timing import TimingPolicy, measure
+from vitshrink.compressor.flops import count_macs
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.planner import plan_width, unit_costs
+from vitshrink.compressor.report import format_table
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
 
 PlanMaker = Callable[[torch.nn.Module, float, int], PrunePlan]  # (model, reduction, seed) -> plan
 
@@ -82,7 +82,7 @@ def planned(round_to: int) -> PlanMaker:
     """The core planner on Taylor scores of random images (untrained model: the layout is printed)."""
 
     def make(model: torch.nn.Module, reduction: float, seed: int) -> PrunePlan:
-        from compressor.importance import score
+        from vitshrink.compressor.importance import score
 
         g = torch.Generator().manual_seed(seed)
         size = model.patch_embed.img_size

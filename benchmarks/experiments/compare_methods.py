@@ -1,6 +1,6 @@
-"""`python -m benchmarks.compare_methods`: vitshrink against its ablations and Torch-Pruning, in one command.
+"""`python -m benchmarks.experiments.compare_methods`: vitshrink against its ablations and Torch-Pruning, in one command.
 
-Thin: parse, build one `CompareConfig`, call `benchmarks.compare.run_compare`, print the table.
+Thin: parse, build one `CompareConfig`, call `vitshrink.benchmarks.experiments.compare.run_compare`, print the table.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from benchmarks.methods import METHODS
-from compressor.data import DATASETS
-from compressor.errors import VitShrinkError
+from vitshrink.benchmarks.experiments.methods import METHODS
+from vitshrink.compressor.data import DATASETS
+from vitshrink.compressor.errors import VitShrinkError
 
 DEFAULT_TEACHER = "../shared/models/cifar10-vit"
 DEFAULT_DATA_DIR = "../shared/datasets/cifar10"  # used when --dataset imagefolder and no --data-dir
@@ -40,7 +40,7 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 
 
 def _budget(ctx, param, value: str):
-    from compressor.planner import Budget
+    from vitshrink.compressor.planner import Budget
 
     try:
         return Budget.parse(value)
@@ -92,13 +92,13 @@ def _budget(ctx, param, value: str):
 @click.option("--progress", is_flag=True, help="Pipeline log lines and progress bars.")
 def main(**kw) -> None:
     """Run every method on one teacher at one budget with the same data, seeds and training budget."""
-    from benchmarks.compare import CompareConfig, LatencyOptions, run_compare
-    from benchmarks.compare_report import summary_rows
-    from benchmarks.timing import TimingPolicy
-    from compressor.jobs import DataOptions
-    from compressor.pipeline import CompressConfig
-    from compressor.report import format_table
-    from compressor.train import TrainConfig
+    from vitshrink.benchmarks.experiments.compare import CompareConfig, LatencyOptions, run_compare
+    from vitshrink.benchmarks.experiments.compare_report import summary_rows
+    from vitshrink.benchmarks.timing import TimingPolicy
+    from vitshrink.compressor.jobs import DataOptions
+    from vitshrink.compressor.pipeline import CompressConfig
+    from vitshrink.compressor.report import format_table
+    from vitshrink.compressor.train import TrainConfig
 
     preset = QUICK if kw["quick"] else FULL
     opt = {k: (kw[k] if kw[k] is not None else v) for k, v in preset.items()}
@@ -143,7 +143,7 @@ def _command_line(kw: dict, opt: dict, data_dir: str | None) -> str:
     args += ["--results", kw["results"]] if kw["results"] else []
     args += ["--val-split", kw["val_split"]] if kw["val_split"] is not None else []
     args += ["--quick"] if kw["quick"] else []
-    return "python -m benchmarks.compare_methods " + " ".join(shlex.quote(str(a)) for a in args)
+    return "python -m benchmarks.experiments.compare_methods " + " ".join(shlex.quote(str(a)) for a in args)
 
 
 if __name__ == "__main__":

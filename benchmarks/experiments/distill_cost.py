@@ -2,13 +2,13 @@
 distillation step (the same student step plus the frozen teacher's forward pass), for the unpruned model
 and for a student cut by the project's own score -> plan -> apply_plan (30% of FLOPs by default).
 
-    python -m benchmarks.distill_cost --model /work/shared/models/cifar10-vit --batch-size 128 --steps 20
+    python -m benchmarks.experiments.distill_cost --model /work/shared/models/cifar10-vit --batch-size 128 --steps 20
 
 All four steps (plain and distill, for both students) are timed in turn, A B C D A B C D ..., in one
 process, on one fixed random batch (data loading is not part of the cost measured), after warm-up;
-each step is the real one of `compressor.train`: autocast, forward, loss, backward, gradient clipping,
+each step is the real one of `vitshrink.compressor.train`: autocast, forward, loss, backward, gradient clipping,
 AdamW. The ratio is the median distillation step over the median plain step of the same student, with a
-95% bootstrap interval over the paired rounds (`benchmarks.stats.speedup`). Goal: <= 1.3x.
+95% bootstrap interval over the paired rounds (`vitshrink.benchmarks.stats.speedup`). Goal: <= 1.3x.
 
 torch.compile (CPU inductor) was tried on the students: logits matched eager to 2e-6, but the compiled
 steps were slower (0.5-0.8x of eager on the reference teacher, 2 cores), so it is not an option here
@@ -29,17 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.stats import speedup
-from benchmarks.timing import Timer, TimingPolicy, measure
-from compressor.errors import VitShrinkError
-from compressor.flops import count_macs
-from compressor.importance import score
-from compressor.kd_loss import KDWeights, distillation_loss
-from compressor.loaded import LoadedModel
-from compressor.loading import load_model
-from compressor.planner import model_cost, plan_width
-from compressor.precision import AMP_CHOICES, amp_option, resolve_amp
-from compressor.surgery import apply_plan
+from vitshrink.benchmarks.stats import speedup
+from vitshrink.benchmarks.timing import Timer, TimingPolicy, measure
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.flops import count_macs
+from vitshrink.compressor.importance import score
+from vitshrink.compressor.kd_loss import KDWeights, distillation_loss
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.planner import model_cost, plan_width
+from vitshrink.compressor.precision import AMP_CHOICES, amp_option, resolve_amp
+from vitshrink.compressor.surgery import apply_plan
 
 GOAL = 1.3  # a distillation step should cost at most this many plain steps
 
@@ -51,7 +51,7 @@ class CostConfig:
     steps: int = 20  # timed steps of each kind (after `warmup` untimed ones)
     warmup: int = 2
     reduce: float = 0.3  # FLOPs fraction the cut student loses
-    amp: bool | None = None  # bf16 autocast; None = auto (compressor.precision)
+    amp: bool | None = None  # bf16 autocast; None = auto (vitshrink.compressor.precision)
     device: str = "cpu"
     seed: int = 0
 
@@ -80,7 +80,7 @@ def cut_student(teacher: LoadedModel, reduce: float, batch: tuple[torch.Tensor, 
 
 def training_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
                   amp: bool, kd: KDWeights | None = None) -> Callable[[], None]:
-    """One step of `compressor.train`'s loop on a fixed batch: with a teacher, the distillation step."""
+    """One step of `vitshrink.compressor.train`'s loop on a fixed batch: with a teacher, the distillation step."""
     kd = kd or KDWeights()  # the CLI's defaults
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
     device_type = x.device.type

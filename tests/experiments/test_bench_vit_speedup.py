@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-from test_bench_helpers import tiny_teacher
 
-from benchmarks.timing import TimingPolicy
-from benchmarks.vit_speedup import VARIANTS, run
-from compressor.artifact import save_artifact
-from compressor.flops import count_macs
-from compressor.surgery import apply_plan
+from tests.test_bench_helpers import tiny_teacher
+from vitshrink.benchmarks.experiments.vit_speedup import VARIANTS, run
+from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.flops import count_macs
+from vitshrink.compressor.surgery import apply_plan
 
 
 @pytest.mark.parametrize("name", ["mlp-exact", "mlp-r8", "mlp-r64", "heads4-mlp-r64", "uneven-heads-mlp-r64"])

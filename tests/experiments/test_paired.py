@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.compare import paired
-from benchmarks.compare_report import paired_rows
-from benchmarks.paired import (
+from vitshrink.benchmarks.experiments.compare import paired
+from vitshrink.benchmarks.experiments.compare_report import paired_rows
+from vitshrink.benchmarks.experiments.paired import (
     compare_correct,
     mcnemar_exact_p,
     pack_correct,

@@ -19,19 +19,21 @@ import timm
 import torch
 from torch import nn
 
-from benchmarks.errors import CompareError
-from benchmarks.tp_baseline import INSTALL_HINT as TP_INSTALL_HINT  # torch_pruning is imported there lazily
-from benchmarks.tp_baseline import import_torch_pruning, tp_prune
-from compressor.artifact import is_artifact, load_artifact, save_artifact
-from compressor.evaluate import evaluate
-from compressor.flops import count_macs, count_params
-from compressor.importance import calibration_batches
-from compressor.loaded import LoadedModel
-from compressor.pipeline import CompressConfig, CompressData, StageRecord, run_compress
-from compressor.precision import resolve_amp
-from compressor.spec import ArchSpec
-from compressor.surgery import reshape_to_spec
-from compressor.train import TrainConfig, train
+from vitshrink.benchmarks.errors import CompareError
+from vitshrink.benchmarks.experiments.tp_baseline import (
+    INSTALL_HINT as TP_INSTALL_HINT,  # torch_pruning is imported there lazily
+)
+from vitshrink.benchmarks.experiments.tp_baseline import import_torch_pruning, tp_prune
+from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artifact
+from vitshrink.compressor.evaluate import evaluate
+from vitshrink.compressor.flops import count_macs, count_params
+from vitshrink.compressor.importance import calibration_batches
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.pipeline import CompressConfig, CompressData, StageRecord, run_compress
+from vitshrink.compressor.precision import resolve_amp
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import reshape_to_spec
+from vitshrink.compressor.train import TrainConfig, train
 
 TP_TOLERANCE = 0.01  # Torch-Pruning's achieved reduction must be within 1 point of the target
 

@@ -1,6 +1,6 @@
 """How well does the Taylor estimate rank heads and blocks like the exact loss change does?
 
-    python -m benchmarks.taylor_vs_ablation --model ../shared/models/cifar10-vit \
+    python -m benchmarks.experiments.taylor_vs_ablation --model ../shared/models/cifar10-vit \
         --dataset imagefolder --data-dir ../shared/datasets/cifar10 --calib-batches 8
 
 Prints Spearman's rho between Taylor and exact-ablation scores over all heads, and over blocks.
@@ -15,9 +15,9 @@ import click
 import numpy as np
 from scipy.stats import spearmanr
 
-from compressor.data import build_dataset, build_loader
-from compressor.importance import calibration_batches, score
-from compressor.loading import load_model
+from vitshrink.compressor.data import build_dataset, build_loader
+from vitshrink.compressor.importance import calibration_batches, score
+from vitshrink.compressor.loading import load_model
 
 
 @click.command()

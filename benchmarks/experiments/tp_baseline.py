@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.errors import CompareError
-from compressor.planner import model_cost
+from vitshrink.benchmarks.errors import CompareError
+from vitshrink.compressor.planner import model_cost
 
 INSTALL_HINT = "pip install 'torch-pruning>=1.5' (or pip install -e '.[experiments]')"
 MAX_RATIO = 0.95  # never ask Torch-Pruning for more than this channel ratio

@@ -8,8 +8,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from compressor.atomic import atomic_file, write_json_atomic, write_text_atomic
-from compressor.report import markdown_table
+from vitshrink.compressor.atomic import atomic_file, write_json_atomic, write_text_atomic
+from vitshrink.compressor.report import markdown_table
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
@@ -92,7 +92,7 @@ def _setup(data: dict) -> list[str]:
         f"scratch: {c['total_distill_epochs']} epochs of cross-entropy, no teacher). AdamW lr {train['lr']}, "
         f"weight decay {train['weight_decay']}, warm-up {train['warmup_epochs']} epoch then cosine to {train['min_lr']}, "
         f"batch {train['batch_size']}, max steps/epoch {train['max_steps_per_epoch']}, grad clip {train['grad_clip']}, "
-        f"KD alpha {train['kd']['alpha']} T {train['kd']['temperature']}, augmentation of `compressor.data`, bf16 {train['amp']}.",
+        f"KD alpha {train['kd']['alpha']} T {train['kd']['temperature']}, augmentation of `vitshrink.compressor.data`, bf16 {train['amp']}.",
         f"- Latency: ONNX Runtime CPU FP32, {c['latency']['threads']} intra-op thread(s), teacher and student timed "
         f"alternately (warm-up {timing['warmup_iters']} calls, then at least {timing['min_iters']} calls and "
         f"{timing['min_time_s']} s each); ratio = student p50 / teacher p50 (< 1: faster).",
@@ -223,7 +223,7 @@ def readme_tables(data: dict) -> str:
     return "\n".join([markdown_table(rows, header), *paired_markdown(data)])
 
 
-if __name__ == "__main__":  # python -m benchmarks.compare_report RESULTS/compare.json
+if __name__ == "__main__":  # python -m benchmarks.experiments.compare_report RESULTS/compare.json
     import sys
 
     print(readme_tables(json.loads(Path(sys.argv[1]).read_text())))
