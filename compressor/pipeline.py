@@ -48,7 +48,9 @@ DISTILL_LR = 1e-4  # peak learning rate of the distillation after a cut: `compre
 @dataclass(frozen=True)
 class CompressConfig:
     budget: Budget
-    stages: tuple[str, ...] = ("width", "depth")  # repeat "width" for iterative width steps
+    # width only by default: more accurate than ("width", "depth") at equal budget on the validation split
+    # (README, Results); ("width", "depth") is the paper's order. Repeat "width" for iterative width steps.
+    stages: tuple[str, ...] = ("width",)
     depth_share: float = 0.5  # share of the target reduction that depth pruning should deliver
     depth_blocks: int | None = None  # explicit number of blocks to remove (overrides depth_share)
     criterion: str = "taylor"  # head/neuron importance (see vitshrink.compressor.importance.CRITERIA)

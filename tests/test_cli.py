@@ -23,7 +23,7 @@ def _run(*args):
 
 def test_compress_width_then_depth_writes_a_loadable_artifact(teacher_dir, tmp_path, trained_digits):
     out = tmp_path / "student"
-    result = _run("compress", "--model", teacher_dir, "--reduce", "flops=0.45", "--epochs", "1",
+    result = _run("compress", "--model", teacher_dir, "--reduce", "flops=0.45", "--stages", "width,depth", "--epochs", "1",
                   "--max-steps-per-epoch", "3", "--calib-batches", "2", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "depth + distill" in result.output and "MACs" in result.output
@@ -79,7 +79,7 @@ def test_impossible_budget_says_so(teacher_dir, tmp_path):
 def test_depth_that_cannot_fit_is_refused_before_any_work(teacher_dir, tmp_path):
     """Each of the three blocks is about a third of the FLOPs: a 20% target leaves no room for one."""
     result = CliRunner().invoke(main, ["compress", "--model", str(teacher_dir), "--reduce", "flops=0.2",
-                                       "--calib-batches", "1", "--out", str(tmp_path / "o"), "--no-progress"])
+                                       "--stages", "width,depth", "--calib-batches", "1", "--out", str(tmp_path / "o"), "--no-progress"])
     assert result.exit_code == 1
     assert "one block is" in result.output and "--stages width" in result.output
 

@@ -35,8 +35,8 @@ def _data() -> CompressData:
 
 def _compress(teacher, tmp_path, name: str, **config):
     lines: list[str] = []
-    config = CompressConfig(**{"budget": Budget("flops", 0.5), "calib_batches": 2, "train": TrainConfig(epochs=0),
-                               **config})
+    config = CompressConfig(**{"budget": Budget("flops", 0.5), "stages": ("width", "depth"), "calib_batches": 2,
+                               "train": TrainConfig(epochs=0), **config})
     report = run_compress(teacher, _data(), config, tmp_path / name, tmp_path / f"{name}.work", progress=False,
                           log=lines.append)
     return report, "\n".join(lines)
