@@ -72,3 +72,17 @@ def test_paired_table_per_seed_and_pooled():
     header, table = paired_rows({"paired": result})
     assert len(table) == 4 and table[-1][0] == "width-only" and table[-1][-1] == "better"
     assert table[0][2] == "+1.33" and table[0][4:6] == ("40", "0")
+
+
+def test_full_test_tables_from_per_image_rows():
+    from vitshrink.benchmarks.experiments.paired_test import table
+
+    rng = np.random.default_rng(3)
+    ref = rng.random(1000) < 0.6
+    worse = ref & (rng.random(1000) < 0.9)  # loses about a tenth of what ref gets right
+    rows = [{"method": "vitshrink", "seed": 0, "test_correct": pack_correct(ref)},
+            {"method": "width-only", "seed": 0, "test_correct": pack_correct(worse)}]
+    text = table({"rows": rows, "teacher_top1": 0.66})
+    assert "Top-1 on all 1,000 test images (teacher 66.00%)" in text
+    assert f"| vitshrink | 0 | {ref.mean() * 100:.2f} |" in text and "| width-only | mean of 0 |" in text
+    assert text.rstrip().splitlines()[-1].startswith("Positive: the reference is more accurate")
