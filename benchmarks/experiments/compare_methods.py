@@ -111,7 +111,8 @@ def main(**kw) -> None:
                             max_steps_per_epoch=opt["max_steps_per_epoch"])
         config = CompareConfig(
             teacher=kw["teacher"],
-            paper=CompressConfig(budget=kw["budget"], calib_batches=opt["calib_batches"], train=train),
+            paper=CompressConfig(budget=kw["budget"], stages=("width", "depth"), calib_batches=opt["calib_batches"],
+                                 train=train),  # the reference method: the paper's order
             data=DataOptions(dataset=kw["dataset"], data_dir=data_dir, train_limit=opt["train_limit"],
                              eval_limit=opt["eval_limit"], val_split=_val_split(kw["val_split"])),
             methods=kw["methods"], seeds=kw["seeds"],
