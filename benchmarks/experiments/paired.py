@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -36,8 +37,8 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)  # exact: 2.0**n overflows past n = 1023
+    return min(1.0, float(2 * tail))
 
 
 def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, *, rounds: int = 2000, seed: int = 0,

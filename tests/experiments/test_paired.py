@@ -28,6 +28,8 @@ def test_mcnemar_exact_values():
     assert mcnemar_exact_p(10, 0) == pytest.approx(2 / 1024)
     assert mcnemar_exact_p(3, 9) == pytest.approx(mcnemar_exact_p(9, 3))
     assert mcnemar_exact_p(3, 9) == pytest.approx(2 * (1 + 12 + 66 + 220) / 4096)  # sum C(12,k), k <= 3
+    assert mcnemar_exact_p(1000, 1000) == 1.0 and mcnemar_exact_p(900, 1100) == pytest.approx(8.457e-6, rel=1e-3)  # scipy binomtest: 8.457e-06
+    assert 0.0 <= mcnemar_exact_p(0, 3000) < 1e-300  # thousands of discordant images: no overflow
 
 
 def test_bootstrap_interval_sees_pairing():
