@@ -66,7 +66,8 @@ def test_compress_into_a_log_writes_one_line_per_epoch_and_no_carriage_returns(t
     loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
     teacher = save_artifact(tmp_path / "teacher", loaded, {"method": "test"})
     # CliRunner's streams are not terminals, like a CI log or `> log.txt 2>&1`; progress stays on
-    result = CliRunner().invoke(main, ["compress", "--model", str(teacher), "--reduce", "flops=0.45", "--epochs", "2",
+    result = CliRunner().invoke(main, ["compress", "--model", str(teacher), "--reduce", "flops=0.45", "--stages", "width,depth",
+                                       "--epochs", "2",
                                        "--max-steps-per-epoch", "3", "--batch-size", "32", "--calib-batches", "1",
                                        "--out", str(tmp_path / "out")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
