@@ -1,8 +1,9 @@
 """The files a model is benchmarked from: ONNX graphs per precision, TensorRT engines, and their sizes.
 
-An ONNX file the exporter already wrote into the model's folder is used as it is; otherwise it is
-made in a work folder with the exporter's own functions (same tensor names, opset and onnxslim
-pass as `vitshrink export`), so ONNX Runtime numbers always describe the graph users deploy.
+An ONNX file the exporter already wrote into the model's folder is used as it is; otherwise `vitshrink
+export`'s own path makes it in a work folder (`exporters.api.export_loaded`: same tensor names, opset and
+onnxslim pass, and the same validation against PyTorch), so ONNX Runtime numbers always describe a graph
+users can deploy, checked the way they would check it.
 Engines are never built here: they belong to the device and come from `vitshrink export --target trt`.
 """
 
@@ -22,23 +23,11 @@ def onnx_file(loaded: LoadedModel, precision: str, work_dir: Path) -> tuple[Path
         return loaded.path / name, "folder"
     out = work_dir / name
     if not out.is_file():
-        work_dir.mkdir(parents=True, exist_ok=True)
-        if precision == "fp32":
-            from vitshrink.exporters.io_spec import IOSpec
-            from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
+        from vitshrink.exporters.api import export_loaded
+        from vitshrink.exporters.config import ExportConfig
 
-            io = IOSpec.from_model(loaded.model, loaded.data_config)
-            export_onnx(loaded.model, io, out, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
-        else:
-            source, _ = onnx_file(loaded, "fp32", work_dir)
-            if precision == "fp16":
-                from vitshrink.exporters.fp16 import convert_fp16
-
-                convert_fp16(source, out)
-            else:
-                from vitshrink.exporters.int8 import quantize_int8
-
-                quantize_int8(source, out)
+        target = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}[precision]
+        export_loaded(loaded, ExportConfig(target=target, out_dir=work_dir))  # validated against PyTorch
     return out, "exported"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
 from vitshrink.benchmarks.timing import Timer
+from vitshrink.exporters.sessions import TensorRTEngine, io_names, ort_predict, ort_session
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -253,22 +254,6 @@ def _torch_cuda(subject: Subject, precision: str, options: RuntimeOptions) -> Ru
 # ---------------------------------------------------------------- ONNX Runtime
 
 
-def ort_session(path: Path, threads: int, providers: list):
-    """An ONNX Runtime session with every graph optimization and an explicit thread count."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: fp16/int8 graphs log harmless fallback warnings
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-        raise BenchError(f"ONNX Runtime cannot load {path}: {type(e).__name__}: {e}") from e
-
-
 def _onnx_file(subject: Subject, precision: str, backend: str) -> Path:
     path = subject.onnx.get(precision)
     if path is None or not Path(path).is_file():
@@ -276,29 +261,18 @@ def _onnx_file(subject: Subject, precision: str, backend: str) -> Path:
     return Path(path)
 
 
-def _io_names(session, path: Path) -> tuple[str, str]:
-    """The graph's own input and output names (one input: the image batch)."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        raise BenchError(f"{path} has {len(inputs)} inputs ({[i.name for i in inputs]}); expected one image batch")
-    return inputs[0].name, outputs[0].name
-
-
 @register("ort-cpu", device="cpu", needs="onnx", precisions=PRECISIONS, check=_check_ort)
 def _ort_cpu(subject: Subject, precision: str, options: RuntimeOptions) -> Runtime:
     path = _onnx_file(subject, precision, "ort-cpu")
-    session = ort_session(path, options.threads, ["CPUExecutionProvider"])
-    in_name, out_name = _io_names(session, path)
+    session = ort_session(path, threads=options.threads)
+    in_name, out_name = io_names(session, path)
     inputs = _cached(lambda b: host_input(b, subject.input_size, options.seed))
 
     def run(batch: int) -> None:
         session.run([out_name], {in_name: inputs(batch)})
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return session.run([out_name], {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float32)
-
     info = {"file": str(path), "intra_op_threads": options.threads, "providers": session.get_providers()}
-    return Runtime(BackendSpec("ort-cpu", precision), "cpu", run, predict, Timer(), info)
+    return Runtime(BackendSpec("ort-cpu", precision), "cpu", run, ort_predict(session, path), Timer(), info)
 
 
 @register("ort-cuda", device="cuda", needs="onnx", precisions=("fp32", "fp16"), check=_check_ort_cuda)
@@ -307,8 +281,8 @@ def _ort_cuda(subject: Subject, precision: str, options: RuntimeOptions) -> Runt
 
     path = _onnx_file(subject, precision, "ort-cuda")
     provider = ("CUDAExecutionProvider", {"device_id": options.device_id})
-    session = ort_session(path, options.threads, [provider, "CPUExecutionProvider"])
-    in_name, out_name = _io_names(session, path)
+    session = ort_session(path, threads=options.threads, providers=[provider, "CPUExecutionProvider"])
+    in_name, out_name = io_names(session, path)
 
     def bind(batch: int):
         # input and output stay on the GPU, so the timing holds no host<->device copies
@@ -325,12 +299,9 @@ def _ort_cuda(subject: Subject, precision: str, options: RuntimeOptions) -> Runt
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return session.run([out_name], {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float32)
-
     info = {"file": str(path), "intra_op_threads": options.threads, "providers": session.get_providers(),
             "inputs": "on the GPU (IOBinding)"}
-    return Runtime(BackendSpec("ort-cuda", precision), "cuda", run, predict, Timer(), info)
+    return Runtime(BackendSpec("ort-cuda", precision), "cuda", run, ort_predict(session, path), Timer(), info)
 
 
 # ---------------------------------------------------------------- TensorRT
@@ -340,52 +311,24 @@ def _ort_cuda(subject: Subject, precision: str, options: RuntimeOptions) -> Runt
 def _tensorrt(subject: Subject, precision: str, options: RuntimeOptions) -> Runtime:
     import torch
 
-    from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME
-    from vitshrink.exporters.tensorrt_build import import_tensorrt
-
-    trt = import_tensorrt()
     path = subject.engines.get(precision)
     if path is None or not Path(path).is_file():
         raise RuntimeUnavailableError(
             f"tensorrt:{precision}: the {subject.role} has no {precision} engine; "
             f"build one with `vitshrink export FOLDER --target trt --precision {precision}` on this device"
         )
-    device = torch.device("cuda", options.device_id)
-    torch.cuda.set_device(device)
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(path).read_bytes())
-    if engine is None:
-        raise BenchError(f"TensorRT cannot load {path} (built for another GPU or TensorRT version?)")
-    context = engine.create_execution_context()
-    lo, _, hi = engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max) shapes of profile 0
-    out_dtype = torch.float16 if engine.get_tensor_dtype(OUTPUT_NAME) == trt.float16 else torch.float32
+    engine = TensorRTEngine.load(Path(path), options.device_id)
 
     def buffers(batch: int):
-        x = torch.from_numpy(host_input(batch, subject.input_size, options.seed)).to(device)
-        context.set_input_shape(INPUT_NAME, tuple(x.shape))
-        y = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), device=device, dtype=out_dtype)
-        return x, y
+        x = torch.from_numpy(host_input(batch, subject.input_size, options.seed)).to(engine.device)
+        return x, engine.output_for(x)
 
     cached = _cached(buffers)
 
-    def execute(x: torch.Tensor, y: torch.Tensor) -> None:
-        context.set_input_shape(INPUT_NAME, tuple(x.shape))
-        context.set_tensor_address(INPUT_NAME, x.data_ptr())
-        context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream(device).cuda_stream):
-            raise BenchError(f"TensorRT failed to run {path} on a batch of {x.shape[0]}")
-
     def run(batch: int) -> None:
-        execute(*cached(batch))  # I/O already on the GPU; the CUDA-event timer waits for the stream
+        engine.execute(*cached(batch))  # I/O already on the GPU; the CUDA-event timer waits for the stream
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-        context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
-        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), device=device, dtype=out_dtype)
-        execute(inputs, out)
-        torch.cuda.current_stream(device).synchronize()
-        return out.float().cpu().numpy()
-
-    info = {"file": str(path), "tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(device),
+    info = {"file": str(path), "tensorrt": engine.trt.__version__, "gpu": torch.cuda.get_device_name(engine.device),
             "inputs": "on the GPU"}
-    return Runtime(BackendSpec("tensorrt", precision), "cuda", run, predict, CudaEventTimer(), info,
-                   batch_range=(int(lo[0]), int(hi[0])))
+    return Runtime(BackendSpec("tensorrt", precision), "cuda", run, engine.predict, CudaEventTimer(), info,
+                   batch_range=engine.batch_range)

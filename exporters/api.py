@@ -48,13 +48,21 @@ from vitshrink.exporters.validate import (
     validate,
 )
 
-__all__ = ["ExportConfig", "ExportReport", "export"]
+__all__ = ["ExportConfig", "ExportReport", "export", "export_loaded"]
 
 
 def export(artifact_dir: str | Path, config: ExportConfig) -> ExportReport:
     """Export, check and validate the model in `artifact_dir` for `config.target`; see docs/exporters.md."""
     source = Path(artifact_dir)
-    loaded = _load(source)
+    return export_loaded(_load(source), config, source)
+
+
+def export_loaded(loaded: LoadedModel, config: ExportConfig, source: Path | str | None = None) -> ExportReport:
+    """`export` of a model already in memory (`bench` makes its ONNX files this way); `source` names it
+    in the report, and is the output folder when `config.out_dir` is None."""
+    if config.out_dir is None and source is None:
+        raise ExportError(f"exporting {loaded.name} from memory needs an output folder (ExportConfig.out_dir)")
+    source = Path(source) if source is not None else Path(loaded.path or loaded.name)
     model = loaded.model.eval()
     out_dir = Path(config.out_dir) if config.out_dir is not None else source
     out_dir.mkdir(parents=True, exist_ok=True)

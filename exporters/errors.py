@@ -30,3 +30,7 @@ class TensorRTUnavailableError(ExportError):
 
 class EngineBuildError(ExportError):
     """TensorRT could not parse the ONNX file or build an engine from it."""
+
+
+class SessionError(ExportError):
+    """ONNX Runtime or TensorRT cannot load or run a file (corrupt file, wrong GPU, wrong version)."""

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from vitshrink.exporters.errors import ExportError
+from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME  # noqa: F401 (the names travel with the I/O spec)
 
-INPUT_NAME = "input"  # (batch, C, H, W) float32, normalised with the model's mean/std
-OUTPUT_NAME = "logits"  # (batch, num_classes) float32, before softmax
 BATCH_AXIS = "batch"  # name of the dynamic first axis of both tensors
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+INPUT_NAME = "input"  # graph input: (batch, C, H, W) float32, normalised with the model's mean/std
+OUTPUT_NAME = "logits"  # graph output: (batch, num_classes) float32, before softmax
+
 ONNX_FILE = "model.onnx"  # FP32, the source of every other file
 FP16_ONNX_FILE = "model.fp16.onnx"  # FP16 weights and compute, FP32 input/output
 INT8_ONNX_FILE = "model.int8.onnx"  # ONNX Runtime dynamic INT8 quantization, for CPUs

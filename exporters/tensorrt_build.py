@@ -12,11 +12,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from vitshrink.compressor.atomic import atomic_file
 from vitshrink.exporters.errors import EngineBuildError, TensorRTUnavailableError
-from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.io_spec import INPUT_NAME, IOSpec
 from vitshrink.exporters.layout import engine_file, engine_onnx_file
 from vitshrink.exporters.trtexec import EngineProfile
 from vitshrink.exporters.validate import Runner
@@ -140,29 +138,7 @@ def _attach_timing_cache(config, path: Path):
 
 
 def engine_runner(engine_path: Path) -> Runner:
-    """Run a serialized engine on GPU 0 with torch CUDA tensors (TensorRT 10 name-based tensor API)."""
-    import torch
+    """Run a serialized engine on GPU 0 through the loader `bench` uses (`exporters.sessions.TensorRTEngine`)."""
+    from vitshrink.exporters.sessions import TensorRTEngine
 
-    trt = import_tensorrt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-    if engine is None:
-        raise EngineBuildError(
-            f"TensorRT cannot load {engine_path.name} (built for another GPU or TensorRT?)"
-        )
-    context = engine.create_execution_context()
-    out_dtype = torch.float16 if engine.get_tensor_dtype(OUTPUT_NAME) == trt.float16 else torch.float32
-
-    def run(x: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(x).to("cuda", dtype=torch.float32).contiguous()
-        context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
-        context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
-        outputs = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), device="cuda", dtype=out_dtype)
-        context.set_tensor_address(OUTPUT_NAME, outputs.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise EngineBuildError(f"TensorRT failed to run {engine_path.name} on a batch of {len(x)}")
-        stream.synchronize()
-        return outputs.float().cpu().numpy()
-
-    return run
+    return TensorRTEngine.load(engine_path).predict

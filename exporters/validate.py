@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from vitshrink.exporters.errors import ExportError, ParityError
-from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.sessions import ort_predict, ort_session
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, C, H, W) float32 -> (B, num_outputs) logits
 CHUNK = 64  # largest batch sent to a runner with a dynamic batch axis
@@ -137,19 +138,9 @@ def torch_runner(model: nn.Module) -> Runner:
     return run
 
 
-def onnx_runner(path: Path) -> Runner:
-    """ONNX Runtime on the CPU, with all graph optimizations (as it would be deployed)."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-        raise ExportError(f"ONNX Runtime cannot load {path.name}: {type(e).__name__}: {e}") from e
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-    return run
+def onnx_runner(path: Path, threads: int | None = None) -> Runner:
+    """ONNX Runtime on the CPU through the session `bench` times with (`exporters.sessions.ort_session`)."""
+    return ort_predict(ort_session(path, threads=threads), path)
 
 
 def run_batched(run: Runner, x: np.ndarray, *, min_batch: int = 1, max_batch: int = CHUNK) -> np.ndarray:
