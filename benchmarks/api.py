@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from vitshrink.benchmarks.environment import collect_environment
 from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.latency_check import latency_plan_check
 from vitshrink.benchmarks.memory import MemoryResult, measure_memory
 from vitshrink.benchmarks.metrics import REFERENCE_BACKEND
 from vitshrink.benchmarks.model_files import engine_files, file_sizes, onnx_file
@@ -193,6 +194,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
         memory=tuple(memory),
         skipped=tuple(skipped),
         notes=tuple(notes),
+        latency_plan=latency_plan_check(models["student"].loaded.compression, threads, latency, speedups),
     )
 
 

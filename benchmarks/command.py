@@ -170,3 +170,52 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
     _print_gates(outcome, gate_file)
     if not outcome.passed:
         ctx.exit(1)
+
+
+@click.command("profile")
+@click.option("--model", required=True, help="timm name (e.g. vit_small_patch16_224), timm folder or artifact; "
+                                             "weights do not matter for timing (random ones are used for a name).")
+@click.option("--model-arg", "model_args", multiple=True,
+              help="Extra timm.create_model argument for a name, e.g. --model-arg img_size=32.")
+@click.option("--target", type=click.Choice(["ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda"]), default="ort-cpu",
+              show_default=True, help="Runtime to measure on (as in bench --backends).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: torch's thread count].")
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+              help="MLP widths are measured on this grid (compress --round-to).")
+@click.option("--fit-models", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Whole models of random widths timed to fit the table (0: no fit; the table sum is used).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Table file (JSON).")
+@click.option("--no-progress", is_flag=True)
+def profile_command(model: str, model_args: tuple[str, ...], target: str, batch_size: int, threads: int | None,
+                    round_to: int, fit_models: int, out: Path, no_progress: bool) -> None:
+    """Measure a latency table of MODEL on TARGET: the input of `compress --reduce latency=... --latency-table`.
+
+    Profile on the device the model will run on and compress anywhere: the table is a small JSON file.
+    """
+    import torch
+
+    from vitshrink.benchmarks.latency_profile import profile
+    from vitshrink.compressor.loading import load_model
+
+    try:
+        args = dict(_model_arg(a) for a in model_args)
+        loaded = load_model(model, model_args=args or None)
+        table = profile(loaded.model, target, batch=batch_size, threads=threads or torch.get_num_threads(),
+                        round_to=round_to, fit_models=fit_models, progress=not no_progress, log=click.echo)
+        table.save(out)
+    except VitShrinkError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"latency table: {out}")
+
+
+def _model_arg(item: str) -> tuple[str, object]:
+    import ast
+
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise BenchError(f"--model-arg {item!r}: write it as key=value, e.g. img_size=32")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitshrink.benchmarks.gate import GateResult
+from vitshrink.benchmarks.latency_check import latency_plan_lines
 from vitshrink.benchmarks.metrics import REFERENCE_BACKEND
 from vitshrink.benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG
 from vitshrink.compressor.atomic import write_json_atomic, write_text_atomic
@@ -115,6 +116,7 @@ def terminal_report(bench: dict) -> str:
     line = headline(bench)
     if line:
         out += ["", line]
+    out += latency_plan_lines(bench.get("latency_plan"))
     footer = _footer(bench)
     return "\n".join(out + ([""] + footer if footer else []))
 
@@ -128,6 +130,9 @@ def markdown_report(bench: dict) -> str:
     line = headline(bench)
     if line:
         out += [f"**{line}**", ""]
+    plan = latency_plan_lines(bench.get("latency_plan"))
+    if plan:
+        out += [f"**{plan[0]}**", *plan[1:], ""]
     for title, header, rows in _sections(bench):
         if rows:
             out += [f"## {title}", "", markdown_table(rows, header)]

@@ -99,6 +99,7 @@ class BenchReport:
     memory: tuple[MemoryResult, ...]
     skipped: tuple[dict, ...]  # {"backend", "model", "batch", "reason"}: what did not run and why
     notes: tuple[str, ...]
+    latency_plan: dict | None = None  # a latency-planned student: predicted vs realised (latency_check.py)
 
     def to_dict(self) -> dict:
         """The content of bench.json."""
@@ -116,6 +117,7 @@ class BenchReport:
             "memory": [r.to_dict() for r in self.memory],
             "skipped": list(self.skipped),
             "notes": list(self.notes),
+            "latency_plan": self.latency_plan,
         }
         d["metrics"] = derive_metrics(d)
         return json.loads(json.dumps(d))  # tuples -> lists: the dict equals what bench.json holds

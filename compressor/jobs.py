@@ -20,6 +20,7 @@ from vitshrink.compressor.data import (
     num_classes_of,
     split_train,
 )
+from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
 from vitshrink.compressor.loaded import LoadedModel
@@ -55,6 +56,16 @@ class DataOptions:
 
 
 @dataclass(frozen=True)
+class LatencyTarget:
+    """Where a latency budget is measured: a bench backend, its batch and CPU threads, or a table file."""
+
+    target: str = "ort-cpu"
+    batch: int = 1
+    threads: int | None = None  # None: torch.get_num_threads()
+    table_file: Path | None = None  # a table made by `vitshrink profile`; None: cached or profiled now
+
+
+@dataclass(frozen=True)
 class CompressJob:
     model: str | None  # timm name / folder / artifact; None = the embedded digits teacher
     out: Path
@@ -65,6 +76,7 @@ class CompressJob:
     work_dir: Path | None = None  # default: <out>.work beside the output
     resume: bool = False
     progress: bool = True
+    latency: LatencyTarget = field(default_factory=LatencyTarget)  # used by a latency budget only
 
 
 @dataclass(frozen=True)
@@ -141,9 +153,28 @@ def compress(job: CompressJob, log=print) -> CompressReport:
     work_dir = job.work_dir or default_work_dir(job.out)
     # the stages in the work folder belong to this teacher and data; --resume into another run's is refused
     start_run(teacher, work_dir, _data_record(job.data), job.resume, log=log)
-    data = build_compress_data(teacher, job.data, job.config)
-    return compress_and_report(teacher, data, job.config, job.out, work_dir, resume=job.resume, device=device,
+    config = with_latency_table(job.config, teacher, job.latency, progress=job.progress, log=log)
+    data = build_compress_data(teacher, job.data, config)
+    return compress_and_report(teacher, data, config, job.out, work_dir, resume=job.resume, device=device,
                                progress=job.progress, log=log)
+
+
+def with_latency_table(config: CompressConfig, teacher: LoadedModel, latency: LatencyTarget, *,
+                       progress: bool = True, log=print) -> CompressConfig:
+    """`config` with the measured table a latency budget plans on (given, cached, or profiled now)."""
+    if config.budget.metric != "latency" or config.latency_table is not None:
+        return config
+    if ddp.world_size() > 1 and latency.table_file is None:
+        raise BudgetError("a latency budget under torchrun needs --latency-table FILE (make it once with "
+                          "`vitshrink profile`), so that every process plans on the same table")
+    import torch
+
+    from vitshrink.benchmarks.latency_profile import table_for
+
+    threads = latency.threads or torch.get_num_threads()
+    table = table_for(teacher.model, latency.target, batch=latency.batch, threads=threads, round_to=config.round_to,
+                      table_file=latency.table_file, progress=progress and ddp.is_main(), log=log)
+    return dataclasses.replace(config, latency_table=table.to_dict())
 
 
 def default_work_dir(out: Path) -> Path:

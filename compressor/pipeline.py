@@ -21,12 +21,14 @@ from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
 from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
+from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.loaded import LoadedModel
 from vitshrink.compressor.plan_file import check_plan, write_plan
 from vitshrink.compressor.planner import (
     TOLERANCE,
     Budget,
     BudgetSplit,
+    ModelCosts,
     depth_plan,
     model_cost,
     model_costs,
@@ -63,6 +65,7 @@ class CompressConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # distillation after every cut
     seed: int = 0
     plan: dict | None = None  # a given plan (`PrunePlan.to_dict` form): one stage, cut as given, no scoring or budget
+    latency_table: dict | None = None  # `LatencyTable.to_dict()`: what a latency budget is planned on
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -74,6 +77,20 @@ class CompressConfig:
             raise BudgetError(f"--depth-share must be in [0, 1], got {self.depth_share}")
         if self.plan is not None:
             PrunePlan.from_dict(self.plan)  # malformed: one message now, before any work
+        if self.latency_table is not None and self.budget.metric != "latency":
+            raise BudgetError(f"a latency table is only used by a latency budget (--reduce latency=...), not {self.budget}")
+
+    @property
+    def table(self) -> LatencyTable | None:
+        return LatencyTable.from_dict(self.latency_table) if self.latency_table is not None else None
+
+    def costs(self, model) -> ModelCosts:
+        """What each block, head and neuron of `model` costs in the budget's metric."""
+        return model_costs(model, self.budget.metric, self.table)
+
+    def cost(self, model) -> float:
+        """`model`'s total in the budget's metric (MACs, parameters or predicted ms)."""
+        return model_cost(model, self.budget.metric, self.table)
 
     @property
     def run_stages(self) -> tuple[str, ...]:
@@ -167,10 +184,10 @@ def run_compress(
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     budget, metric = config.budget, config.budget.metric
     t_model = teacher.model.to(device).eval()
-    reference = model_cost(t_model, metric)
+    reference = config.cost(t_model)
     # the budget decisions that need no scores, taken before any work: blocks for depth, the rest for width
     split = None if config.plan is not None else split_budget(
-        model_costs(t_model, metric), budget, width="width" in config.stages, depth="depth" in config.stages,
+        config.costs(t_model), budget, width="width" in config.stages, depth="depth" in config.stages,
         depth_share=config.depth_share, depth_blocks=config.depth_blocks)
     teacher_row = {
         "params": count_params(t_model),
@@ -200,7 +217,7 @@ def run_compress(
             continue
         started = time.perf_counter()
         model = current.model.to(device)
-        cut_before = reference - model_cost(model, metric)
+        cut_before = reference - config.cost(model)
         loss = ScoringLoss(config.scoring_loss, teacher=t_model if cut_before > 0 else None)
         if stage == "plan":
             plan, scores = PrunePlan.from_dict(config.plan), None
@@ -221,7 +238,7 @@ def run_compress(
             write_plan(stage_dir / PLAN_FILE, plan, model, note=f"stage {index + 1} ({stage}) of {teacher.name}")
         spec = apply_plan(model, current.spec, plan)
         after_cut, val_cut = _metrics(model, data.eval_loader, device), _metrics(model, data.val_loader, device)
-        log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - model_cost(model, metric) / reference:.1%}, "
+        log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - config.cost(model) / reference:.1%}, "
             f"test top-1 {after_cut['top1']:.2%} (val {_top1(val_cut)}) before distillation")
         result = None
         if config.train.epochs > 0:
@@ -273,7 +290,13 @@ def run_compress(
                 f"kept epoch {result.kept_epoch} of {config.train.epochs}, {result.images_per_s or 0:.0f} images/s")
     report = CompressReport(teacher=teacher_row, stages=records, artifact=out_dir if ddp.is_main() else None, budget=budget)
     if ddp.is_main():
-        save_artifact(out_dir, current, {**_compression_record(teacher, config, report), "data": data.info})
+        record = {**_compression_record(teacher, config, report), "data": data.info}
+        if config.table is not None:  # what the plan predicts; `bench` sets the realised latency beside it
+            table = config.table
+            record["latency"] = {"target": table.key.target, "precision": table.key.precision,
+                                 "batch": table.key.batch, "threads": table.key.threads,
+                                 "predicted_ms": {"teacher": reference, "student": config.cost(current.model)}}
+        save_artifact(out_dir, current, record)
     ddp.barrier()
     return report
 
@@ -283,7 +306,7 @@ def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float
     """Score heads and neurons, plan them; the last width cut of a run must land within 1 point."""
     scores = score_units(model, calib, config.criterion, loss, seed=config.seed)
     plan = plan_units(
-        model_costs(model, config.budget.metric), scores, target_removed=max(0.0, target_removed),
+        config.costs(model), scores, target_removed=max(0.0, target_removed),
         reference_total=reference, already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
         tolerance=TOLERANCE if final else None,
     )
@@ -296,7 +319,7 @@ def _depth_cut(model, calib, config: CompressConfig, loss, split: BudgetSplit, r
     block_scores = score_blocks(model, calib, config.block_criterion, loss, seed=config.seed)
     if "width" not in config.stages:
         return depth_plan(plan_depth(block_scores, split.depth_blocks), block_scores.blocks), block_scores
-    costs = model_costs(model, config.budget.metric)
+    costs = config.costs(model)
     plan, missing = plan_depth_blocks(costs, block_scores, split.depth_blocks, target_removed=split.target_removed,
                                       reference_total=reference)
     if missing <= 0:

@@ -28,13 +28,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from torch import nn
 
+from vitshrink.compressor import knapsack
 from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.families import mlp_hidden
 from vitshrink.compressor.flops import block_macs_of, block_params_of, count_macs, count_params, num_tokens
 from vitshrink.compressor.importance import Scores
+from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.surgery import PrunePlan
 
-METRICS = ("flops", "params")
+METRICS = ("flops", "params", "latency")  # latency: predicted by a measured table (latency_table.py)
 TOLERANCE = 0.01  # a plan lands within this fraction of the teacher's total above the target
 
 
@@ -56,7 +58,7 @@ class Budget:
         try:
             return cls(metric.strip().lower(), float(value)) if sep else cls("flops", float(metric))
         except ValueError:
-            raise BudgetError(f"cannot read budget {text!r}; write it as flops=0.3 or params=0.3") from None
+            raise BudgetError(f"cannot read budget {text!r}; write it as flops=0.3, params=0.3 or latency=0.3") from None
 
     def __str__(self) -> str:
         return f"{self.metric}={self.reduction:g}"
@@ -73,6 +75,9 @@ class ModelCosts:
     neuron: tuple[float, ...]  # one MLP neuron of each block
     num_heads: tuple[int, ...]  # heads of each block
     hidden: tuple[int, ...]  # MLP neurons of each block
+    # latency only: the measured table. Head and neuron costs above are then marginal averages (for the
+    # budget split); width plans are made on the table itself, whose steps are not linear (`_plan_latency`)
+    table: LatencyTable | None = None
 
     @property
     def depth(self) -> int:
@@ -94,10 +99,13 @@ def _block_cost(block: nn.Module, n: int, metric: str, heads: int | None = None,
     return block_params_of(block, heads, hidden) if metric == "params" else block_macs_of(block, n, heads, hidden)
 
 
-def model_costs(model: nn.Module, metric: str) -> ModelCosts:
-    """Read the costs of `model`'s blocks, heads and neurons off flops.py's counters (exact, linear)."""
+def model_costs(model: nn.Module, metric: str, table: LatencyTable | None = None) -> ModelCosts:
+    """Read the costs of `model`'s blocks, heads and neurons off flops.py's counters (exact, linear),
+    or for latency off the measured `table` (in predicted ms, the table's fit applied)."""
     if metric not in METRICS:
         raise BudgetError(f"unknown budget metric {metric!r}; use one of {', '.join(METRICS)}")
+    if metric == "latency":
+        return _latency_costs(model, _need_table(table))
     n = num_tokens(model)
     blocks, heads, neurons = [], [], []
     for blk in model.blocks:
@@ -116,12 +124,36 @@ def model_costs(model: nn.Module, metric: str) -> ModelCosts:
     )
 
 
+def _need_table(table: LatencyTable | None) -> LatencyTable:
+    if table is None:
+        raise BudgetError("a latency budget needs a latency table: give --latency-table FILE or a --target to "
+                          "profile (vitshrink profile)")
+    return table
+
+
+def _latency_costs(model: nn.Module, table: LatencyTable) -> ModelCosts:
+    shapes = [(blk.attn.num_heads, mlp_hidden(blk.mlp)) for blk in model.blocks]
+    b = table.fit.b
+    return ModelCosts(
+        metric="latency",
+        fixed=table.fit.a + b * table.fixed,
+        blocks=tuple(b * table.block_ms(h, m) for h, m in shapes),
+        head=tuple(b * (table.attention_ms(h) - table.attention_ms(h - 1)) for h, _ in shapes),
+        neuron=tuple(b * (table.mlp_time(m) - table.mlp_time(m - 1)) for _, m in shapes),
+        num_heads=tuple(h for h, _ in shapes),
+        hidden=tuple(m for _, m in shapes),
+        table=table,
+    )
+
+
 def unit_costs(model: nn.Module, metric: str) -> ModelCosts:
     """What removing one head (`.head[i]`) or one MLP neuron (`.neuron[i]`) of block i saves."""
     return model_costs(model, metric)
 
 
-def model_cost(model: nn.Module, metric: str) -> int:
+def model_cost(model: nn.Module, metric: str, table: LatencyTable | None = None) -> float:
+    if metric == "latency":
+        return _need_table(table).predict([(blk.attn.num_heads, mlp_hidden(blk.mlp)) for blk in model.blocks])
     return count_params(model) if metric == "params" else count_macs(model)
 
 
@@ -298,6 +330,10 @@ def plan_units(
         raise BudgetError(f"--round-to must be at least 1, got {round_to}")
     if len(scores.heads) != costs.depth or len(scores.neurons) != costs.depth:
         raise BudgetError(f"width plan needs head and neuron scores for all {costs.depth} blocks")
+    if costs.table is not None:
+        return _plan_latency(costs, scores, target_removed=target_removed, reference_total=reference_total,
+                             already_removed=already_removed, min_heads=min_heads, round_to=round_to,
+                             tolerance=tolerance)
     units = _Units(costs, scores, reference_total, min_heads, round_to)
     limit = None if tolerance is None else tolerance * reference_total
     run, reached = units.search(target_removed, limit)
@@ -436,6 +472,61 @@ class _Units:
             f"{self.min_heads} the nearest reductions it reaches are {' and '.join(f'{as_total(r):.1%}' for r in near)}; "
             f"use {' or '.join([*landing, 'a smaller --round-to'])}"
         )
+
+
+def _plan_latency(costs: ModelCosts, scores: Scores, *, target_removed: float, reference_total: float,
+                  already_removed: float, min_heads: int, round_to: int, tolerance: float | None) -> WidthPlan:
+    """Width plan on a measured latency table: per block, how many heads and neuron groups go, chosen
+    together by a multiple-choice knapsack (least summed score removed; predicted latency at the target,
+    or at most `tolerance` x the teacher's below it). Within a block the lowest-scored heads and groups
+    go first, as in the FLOPs plan."""
+    table, b = costs.table, costs.table.fit.b
+    head_order = [np.argsort(scores.heads[i], kind="stable") for i in range(costs.depth)]
+    groups = [_neuron_groups(scores.neurons[i], round_to) for i in range(costs.depth)]
+    losses, prices, options = [], [], []  # per sub-block: option -> loss removed, predicted ms, units removed
+    for i in range(costs.depth):
+        removable = max(0, costs.num_heads[i] - min_heads)
+        head_loss = np.concatenate([[0.0], np.cumsum(scores.heads[i][head_order[i]])])[: removable + 1]
+        losses.append(head_loss)
+        prices.append([b * table.attention_ms(costs.num_heads[i] - k) for k in range(removable + 1)])
+        options.append(("head", i))
+        sizes = [0, *np.cumsum([len(g) for g in groups[i][:-1]])]  # keep the last group
+        group_loss = np.concatenate([[0.0], np.cumsum([scores.neurons[i][g].sum() for g in groups[i][:-1]])])
+        losses.append(group_loss)
+        prices.append([b * table.mlp_time(costs.hidden[i] - int(n)) for n in sizes])
+        options.append(("group", i))
+    room = costs.total - target_removed - costs.fixed  # what the blocks may cost together
+    most = costs.total - costs.fixed - sum(min(p) for p in prices)
+    if most < target_removed:
+        raise BudgetError(
+            f"width pruning can remove at most {(already_removed + most) / reference_total:.1%} of the predicted "
+            f"latency with --min-heads {min_heads} and --round-to {round_to}; lower the target or add depth pruning"
+        )
+    floor = room - tolerance * reference_total if tolerance is not None else 0.0
+    try:
+        chosen = knapsack.solve(losses, prices, room, floor=max(floor, 0.0))
+    except BudgetError as e:
+        raise BudgetError(f"width pruning cannot land within {tolerance:g} of the teacher's predicted latency above "
+                          f"the target: the table's steps are too coarse here ({e}); use another --reduce or a "
+                          "smaller --round-to") from None
+    keep_heads, keep_neurons = {}, {}
+    for (kind, i), k in zip(options, chosen, strict=True):
+        if kind == "head":
+            gone = {int(h) for h in head_order[i][:k]}
+            keep_heads[i] = tuple(h for h in range(costs.num_heads[i]) if h not in gone)
+        else:
+            dropped = {int(j) for g in groups[i][:k] for j in g}
+            keep_neurons[i] = tuple(j for j in range(costs.hidden[i]) if j not in dropped)
+    after = costs.fixed + sum(p[k] for p, k in zip(prices, chosen, strict=True))
+    return WidthPlan(
+        plan=PrunePlan(keep_heads=keep_heads, keep_neurons=keep_neurons),
+        metric=costs.metric,
+        reference_total=reference_total,
+        removed=costs.total - after,
+        already_removed=already_removed,
+        heads_kept=tuple(len(keep_heads[i]) for i in range(costs.depth)),
+        neurons_kept=tuple(len(keep_neurons[i]) for i in range(costs.depth)),
+    )
 
 
 def _neuron_groups(neuron_scores: np.ndarray, round_to: int) -> list[np.ndarray]:

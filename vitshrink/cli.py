@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from vitshrink.benchmarks.command import bench_command, gate_command
+from vitshrink.benchmarks.command import bench_command, gate_command, profile_command
+from vitshrink.benchmarks.latency_profile import TARGETS as LATENCY_TARGETS
 from vitshrink.compressor.data import AUGMENTS
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.importance import CRITERIA
@@ -177,7 +178,18 @@ def main() -> None:
 @click.option("--pretrained", is_flag=True, help="Download timm's pretrained weights for --model.")
 @data_options
 @click.option("--reduce", "budget", default="flops=0.3", show_default=True, callback=_budget,
-              help="Total target: fraction of FLOPs (MACs) or params to remove, e.g. flops=0.3 or params=0.25.")
+              help="Total target: fraction of FLOPs (MACs), params or measured latency to remove, e.g. flops=0.3, "
+                   "params=0.25 or latency=0.3 (latency: planned on a table measured on --target).")
+@click.option("--target", "latency_target", type=click.Choice(LATENCY_TARGETS), default=None,
+              help="Runtime a latency budget is measured on [default: ort-cpu]; profiled now and cached, unless "
+                   "--latency-table is given.")
+@click.option("--batch-size-target", type=click.IntRange(min=1), default=None,
+              help="Batch size a latency budget is measured at [default: 1].")
+@click.option("--target-threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of the latency target [default: torch's thread count].")
+@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Plan a latency budget on this table (`vitshrink profile --out FILE`, e.g. made on the device); "
+                   "it must match the model, target, batch and threads.")
 @click.option("--stages", default="width", show_default=True,
               help="Stages in order: width, depth, or width,depth (the paper's order); each cut is followed by "
                    "distillation. Default width: at equal budget it was more accurate than width,depth on the "
@@ -214,8 +226,8 @@ def main() -> None:
               help="Checkpoints and stage artifacts (default: <out>.work).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def compress(**kw) -> None:
-    """Prune a teacher to a FLOPs/params budget and distill it back (the paper's staged method)."""
-    from vitshrink.compressor.jobs import CompressJob
+    """Prune a teacher to a FLOPs, params or latency budget and distill it back (the paper's staged method)."""
+    from vitshrink.compressor.jobs import CompressJob, LatencyTarget
     from vitshrink.compressor.jobs import compress as run
 
     if kw["plan_file"] is not None:
@@ -226,11 +238,18 @@ def compress(**kw) -> None:
             raise click.UsageError(f"--plan applies a given plan; {', '.join(given).replace('--budget', '--reduce')} "
                                    "would be ignored: leave them out")
     config = compress_config(kw)
+    latency_given = [f"--{n.replace('_', '-')}" for n in ("latency_target", "batch_size_target", "target_threads",
+                                                          "latency_table") if kw[n] is not None]
+    if latency_given and config.budget.metric != "latency":
+        raise click.UsageError(f"{', '.join(latency_given).replace('--latency-target', '--target')} applies to a "
+                               f"latency budget (--reduce latency=...), not --reduce {config.budget}")
     if kw["model"] is None and kw["dataset"] != "digits":
         raise click.BadParameter("--model is required unless --dataset digits (the embedded default)")
     job = CompressJob(model=kw["model"], out=kw["out"], config=config, data=_data_options(kw),
                       checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], work_dir=kw["work_dir"],
-                      resume=kw["resume"], progress=not kw["no_progress"])
+                      resume=kw["resume"], progress=not kw["no_progress"],
+                      latency=LatencyTarget(target=kw["latency_target"] or "ort-cpu", batch=kw["batch_size_target"] or 1,
+                                            threads=kw["target_threads"], table_file=kw["latency_table"]))
     run(job, log=click.echo)
 
 
@@ -268,6 +287,7 @@ def info(artifact: Path) -> None:
 main.add_command(export_command)
 main.add_command(bench_command)
 main.add_command(gate_command)
+main.add_command(profile_command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,274 @@
+"""Build a latency table (compressor/latency_table.py) by timing sub-blocks of a ViT on the target runtime.
+
+One attention sub-block (norm, attention with h heads, residual) for h = 1..H, one MLP sub-block for
+every kept width on the `round_to` grid, and the fixed part (the model without blocks), each timed
+alone on the target: ONNX Runtime through the session `bench` uses (exporters/sessions.py), or eager
+PyTorch. Then whole models of random widths are timed, and the fit `measured = a + b * table sum`
+absorbs what sub-blocks alone miss; its error is recorded in the table. Every time is a median over
+repeats after a warm-up, in milliseconds per batch. Only plain timm `Block`s are profiled (a latency
+budget on other families is refused, naming the block class).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitshrink.benchmarks.environment import cpu_model
+from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.runtimes import get_runtime
+from vitshrink.compressor.atomic import write_json_atomic
+from vitshrink.compressor.families import mlp_hidden
+from vitshrink.compressor.flops import num_tokens
+from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
+from vitshrink.compressor.progress import progress_bar
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
+
+TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda")  # what a table can be measured on
+FIT_MODELS = 6  # whole models of random widths timed for the fit (plus the full model)
+
+
+def table_key(model: nn.Module, target: str, batch: int, threads: int | None, precision: str = "fp32") -> TableKey:
+    """What a table for `model` on `target` would be made for (architecture, runtime, batch, threads, device)."""
+    check_profilable(model, target)
+    blk = model.blocks[0]
+    architecture = {
+        "block": type(blk).__name__,
+        "embed_dim": int(model.embed_dim),
+        "num_heads": int(blk.attn.num_heads),
+        "head_dim": int(blk.attn.head_dim),
+        "mlp_hidden": int(mlp_hidden(blk.mlp)),
+        "tokens": int(num_tokens(model)),
+        "depth": len(model.blocks),
+    }
+    if target.startswith("ort"):
+        import onnxruntime
+
+        version = f"onnxruntime {onnxruntime.__version__}"
+    else:
+        version = f"torch {torch.__version__}"
+    cuda = target.endswith("cuda")
+    device = torch.cuda.get_device_name(0) if cuda else cpu_model() or platform.processor()
+    return TableKey(architecture=architecture, target=target, precision=precision, runtime_version=version,
+                    threads=None if cuda else threads, batch=batch, device=device)
+
+
+def check_profilable(model: nn.Module, target: str) -> None:
+    """One clear error for an unknown or absent target, or a model whose blocks the profiler cannot cut."""
+    if target not in TARGETS:
+        hint = " (TensorRT tables are not built yet: plan on ort-cuda, or on flops)" if target.startswith(("trt", "tensorrt")) else ""
+        raise BenchError(f"unknown latency target {target!r}; choose from {', '.join(TARGETS)}{hint}")
+    reason = get_runtime(target).check()
+    if reason:
+        raise RuntimeUnavailableError(f"latency target {target} cannot run here: {reason}")
+    blocks = {type(b).__name__ for b in getattr(model, "blocks", [])}
+    if blocks != {"Block"}:
+        raise BenchError(f"latency tables are made for timm ViTs of plain `Block`s; this model has {sorted(blocks) or 'no blocks'}: "
+                         "use --reduce flops=... for it")
+
+
+class AttentionPart(nn.Module):
+    """x + attention(norm1(x)): the attention half of a timm Block (layer scale included, drop path off)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.norm, self.attn, self.scale = block.norm1, block.attn, block.ls1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale(self.attn(self.norm(x)))
+
+
+class MlpPart(nn.Module):
+    """x + mlp(norm2(x)): the MLP half of a timm Block."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.norm, self.mlp, self.scale = block.norm2, block.mlp, block.ls2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale(self.mlp(self.norm(x)))
+
+
+def mlp_grid(hidden: int, round_to: int) -> list[int]:
+    """The MLP widths a width plan can keep (whole `round_to` groups removed; a remainder group goes first), and 0."""
+    first = hidden % round_to
+    return [0, *sorted({hidden - first - k * round_to for k in range((hidden - first) // round_to)} | {hidden})]
+
+
+class _Clock:
+    """Times a module on the target: median ms over repeats after a warm-up."""
+
+    def __init__(self, target: str, threads: int | None, work: Path, repeats: int, min_seconds: float):
+        self.target, self.threads, self.work = target, threads, work
+        self.repeats, self.min_seconds = repeats, min_seconds
+        self.device = torch.device("cuda" if target.endswith("cuda") else "cpu")
+        self.count = 0
+
+    def __call__(self, module: nn.Module, example: torch.Tensor) -> float:
+        return _median_ms(self.prepare(module.eval(), example), self.repeats, self.min_seconds, self.sync)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def prepare(self, module: nn.Module, example: torch.Tensor) -> Callable[[], object]:
+        if self.target.startswith("torch"):
+            module = module.to(self.device)
+            x = example.to(self.device)
+
+            def run():
+                with torch.inference_mode():
+                    return module(x)
+
+            return run
+        from vitshrink.exporters.sessions import io_names, ort_session
+
+        self.count += 1
+        path = self.work / f"part{self.count}.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes that are constant here
+            torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
+                              opset_version=17, dynamo=False)
+        providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] \
+            if self.device.type == "cuda" else ["CPUExecutionProvider"]
+        session = ort_session(path, threads=self.threads, providers=providers)
+        in_name, out_name = io_names(session, path)
+        feed = {in_name: example.numpy()}
+        return lambda: session.run([out_name], feed)
+
+
+def _median_ms(run: Callable[[], object], repeats: int, min_seconds: float, sync: Callable[[], None]) -> float:
+    for _ in range(3):
+        run()
+    sync()
+    times, started = [], time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50 * repeats:
+            break
+    return 1e3 * statistics.median(times)
+
+
+def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
+    """`count` plans of random widths: each block keeps 1..H heads and a random width of the MLP grid."""
+    rng = np.random.default_rng(seed)
+    widths = mlp_grid(hidden, round_to)[1:]
+    plans = []
+    for _ in range(count):
+        heads = {i: tuple(range(int(rng.integers(1, spec_heads + 1)))) for i in range(depth)}
+        neurons = {i: tuple(range(int(rng.choice(widths)))) for i in range(depth)}
+        plans.append(PrunePlan(keep_heads=heads, keep_neurons=neurons))
+    return plans
+
+
+def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | None = None, round_to: int = 8,
+            repeats: int = 10, min_seconds: float = 0.05, fit_models: int = FIT_MODELS, progress: bool = True,
+            log=print) -> LatencyTable:
+    """Measure the latency table of `model` (a timm ViT, any weights) on `target` at `batch` and `threads`."""
+    key = table_key(model, target, batch, threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = copy.deepcopy(model).float().eval()
+    arch = key.architecture
+    heads, hidden = arch["num_heads"], arch["mlp_hidden"]
+    tokens = torch.randn(batch, arch["tokens"], arch["embed_dim"])
+    images = torch.randn(batch, model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+    widths = mlp_grid(hidden, round_to)
+    with tempfile.TemporaryDirectory(prefix="vitshrink-profile-") as tmp:
+        clock = _Clock(target, threads, Path(tmp), repeats, min_seconds)
+        block = model.blocks[0]
+        attention = [0.0]
+        bar = progress_bar(range(1 + heads + len(widths) - 1 + fit_models + 1), desc=f"profile {target} b{batch}",
+                           enabled=progress)
+        steps = iter(bar)
+        for h in range(1, heads + 1):
+            part = copy.deepcopy(block)
+            part.attn = prune_attention(part.attn, tuple(range(h)))
+            attention.append(clock(AttentionPart(part), tokens))
+            next(steps, None)
+        mlp = [0.0]
+        for m in widths[1:]:
+            part = copy.deepcopy(block)
+            part.mlp = prune_mlp(part.mlp, tuple(range(m)))
+            mlp.append(clock(MlpPart(part), tokens))
+            next(steps, None)
+        stem = copy.deepcopy(model)
+        stem.blocks = nn.Sequential()
+        fixed = clock(stem, images)
+        next(steps, None)
+        table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed)
+        raw, measured = [], []
+        for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
+            cut = copy.deepcopy(model)
+            spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
+            raw.append(table.predict([(b.num_heads, b.mlp_hidden) for b in spec.blocks]))
+            measured.append(clock(cut, images))
+            next(steps, None)
+        bar.close()
+    fit = fit_table(raw, measured) if fit_models > 0 else Fit(
+        models=1, mean_abs_error=abs(raw[0] - measured[0]) / measured[0], max_abs_error=abs(raw[0] - measured[0]) / measured[0])
+    table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
+                         seconds=round(time.perf_counter() - started, 1))
+    log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
+        f"{heads} head counts; whole model {measured[0]:.2f} ms measured, fit error mean "
+        f"{fit.mean_abs_error:.1%} max {fit.max_abs_error:.1%} on {len(measured)} models; {table.seconds:.0f} s")
+    return table
+
+
+def fit_table(raw: list[float], measured: list[float]) -> Fit:
+    """Least-squares a, b of measured = a + b * raw (b alone when the models are too alike to tell a)."""
+    x, y = np.asarray(raw), np.asarray(measured)
+    if len(x) >= 3 and np.ptp(x) > 0.05 * x.mean():
+        b, a = np.polyfit(x, y, 1)
+    else:
+        a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
+    if b <= 0:  # a fit that says wider is faster: fall back to the scale alone
+        a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
+    error = np.abs(a + b * x - y) / y
+    return Fit(a=float(a), b=float(b), models=len(x), mean_abs_error=float(error.mean()), max_abs_error=float(error.max()))
+
+
+def cache_path(key: TableKey, round_to: int) -> Path:
+    """Where `compress` caches a table it profiled: $XDG_CACHE_HOME/vitshrink/latency/<hash of the key>.json."""
+    import hashlib
+    import json
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitshrink" / "latency"
+    digest = hashlib.sha256(json.dumps({**key.__dict__, "round_to": round_to}, sort_keys=True).encode()).hexdigest()
+    return root / f"{key.target}-b{key.batch}-{digest[:16]}.json"
+
+
+def table_for(model: nn.Module, target: str, *, batch: int, threads: int | None, round_to: int,
+              table_file: Path | None = None, progress: bool = True, log=print) -> LatencyTable:
+    """The table a latency budget is planned on: `table_file` (checked against the key), the cached one, or a
+    new profile (then cached)."""
+    key = table_key(model, target, batch, threads)
+    if table_file is not None:
+        table = LatencyTable.load(table_file)
+        table.check_key(key, str(table_file))
+        return table
+    cached = cache_path(key, round_to)
+    if cached.is_file():
+        table = LatencyTable.load(cached)
+        log(f"latency table: cached {cached}")
+        return table
+    table = profile(model, target, batch=batch, threads=threads, round_to=round_to, progress=progress, log=log)
+    write_json_atomic(cached, table.to_dict())
+    log(f"latency table cached in {cached}")
+    return table

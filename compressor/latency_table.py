@@ -1,0 +1,120 @@
+"""A latency table: what one attention or MLP sub-block of a ViT costs on one runtime, per kept width.
+
+Every block of a plain ViT sees the same tokens and width, so one table serves all blocks:
+`attention[h]` is one attention sub-block (norm, attention with h heads, residual) and `mlp_ms[k]`
+one MLP sub-block with `mlp_widths[k]` hidden neurons, in milliseconds for one batch, measured on
+the target (`vitshrink profile`, benchmarks/latency_profile.py). `fixed` is the rest (patch
+embedding, final norm, head). The prediction for a model is `a + b * (fixed + sum over blocks)`,
+with a and b fitted on whole models of random widths, which absorbs what sub-blocks timed alone
+miss. The table is a small JSON file: profile on the device, compress anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitshrink.compressor.atomic import write_json_atomic
+from vitshrink.compressor.errors import BudgetError, UnreadableFileError
+
+FORMAT = "vitshrink-latency-table/1"
+
+
+@dataclass(frozen=True)
+class TableKey:
+    """What a table was measured for; a table is only used for the same key."""
+
+    architecture: dict  # embed_dim, num_heads, head_dim, mlp_hidden, tokens, depth, block class
+    target: str  # a bench backend: ort-cpu, torch-cpu, ort-cuda, torch-cuda, tensorrt
+    precision: str  # fp32 | fp16 | int8
+    runtime_version: str  # e.g. "onnxruntime 1.20.1"
+    threads: int | None  # CPU threads (None on GPU targets)
+    batch: int
+    device: str  # CPU or GPU model
+
+    def mismatches(self, other: TableKey) -> list[str]:
+        """'field: table X, wanted Y' for every field that differs."""
+        return [f"{name}: table {getattr(self, name)!r}, wanted {getattr(other, name)!r}"
+                for name in ("architecture", "target", "precision", "runtime_version", "threads", "batch", "device")
+                if getattr(self, name) != getattr(other, name)]
+
+
+@dataclass(frozen=True)
+class Fit:
+    a: float = 0.0  # ms
+    b: float = 1.0
+    models: int = 0  # whole models the fit was made on
+    mean_abs_error: float | None = None  # of the fitted prediction on those models, as a fraction
+    max_abs_error: float | None = None
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    key: TableKey
+    attention: tuple[float, ...]  # ms of an attention sub-block with h = 0..H heads (0 heads: 0 ms)
+    mlp_widths: tuple[int, ...]  # kept MLP widths measured, ascending, starting at 0
+    mlp_ms: tuple[float, ...]  # ms of an MLP sub-block of each width (width 0: 0 ms)
+    fixed: float  # ms of everything outside the blocks
+    fit: Fit = field(default_factory=Fit)
+    seconds: float | None = None  # how long profiling took
+
+    def attention_ms(self, heads: int) -> float:
+        if not 0 <= heads < len(self.attention):
+            raise BudgetError(f"the latency table has attention times for 0..{len(self.attention) - 1} heads, not {heads}")
+        return self.attention[heads]
+
+    def mlp_time(self, width: int) -> float:
+        """ms of an MLP sub-block of `width` neurons (linear between measured widths)."""
+        if not 0 <= width <= self.mlp_widths[-1]:
+            raise BudgetError(f"the latency table has MLP times for widths 0..{self.mlp_widths[-1]}, not {width}")
+        return float(np.interp(width, self.mlp_widths, self.mlp_ms))
+
+    def block_ms(self, heads: int, hidden: int) -> float:
+        """Raw (unfitted) ms of one block; 0 heads and 0 neurons is a removed block."""
+        return self.attention_ms(heads) + self.mlp_time(hidden)
+
+    def predict(self, blocks: list[tuple[int, int]]) -> float:
+        """Predicted ms of a model whose blocks keep (heads, hidden) each."""
+        raw = self.fixed + sum(self.block_ms(h, m) for h, m in blocks)
+        return self.fit.a + self.fit.b * raw
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "unit": "ms per batch", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "latency table") -> LatencyTable:
+        if d.get("format") != FORMAT:
+            raise UnreadableFileError(f"{source} is not a vitshrink latency table (format {d.get('format')!r}, "
+                                      f"expected {FORMAT!r}); make one with `vitshrink profile`")
+        try:
+            return cls(key=TableKey(**d["key"]), attention=tuple(d["attention"]), mlp_widths=tuple(d["mlp_widths"]),
+                       mlp_ms=tuple(d["mlp_ms"]), fixed=float(d["fixed"]), fit=Fit(**d.get("fit", {})),
+                       seconds=d.get("seconds"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UnreadableFileError(f"{source} is damaged ({type(e).__name__}: {e}); make it again with "
+                                      "`vitshrink profile`") from None
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise UnreadableFileError(f"latency table {path} does not exist; make one with `vitshrink profile`")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UnreadableFileError(f"latency table {path} is not JSON ({e}); make it again with "
+                                      "`vitshrink profile`") from None
+        return cls.from_dict(data, str(path))
+
+    def check_key(self, wanted: TableKey, source: str = "the latency table") -> None:
+        """Refuse a table made for another architecture, runtime, precision, batch, thread count or device."""
+        problems = self.key.mismatches(wanted)
+        if problems:
+            raise BudgetError(f"{source} was made for something else ({'; '.join(problems)}); profile this "
+                              "target with `vitshrink profile` or drop --latency-table to profile now")

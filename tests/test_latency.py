@@ -1,0 +1,261 @@
+"""Latency planning: the knapsack against brute force, the table file, profiling, the planner, the commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
+from vitshrink.benchmarks.errors import BenchError
+from vitshrink.benchmarks.latency_profile import mlp_grid, profile, table_key
+from vitshrink.cli import main
+from vitshrink.compressor import knapsack
+from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.errors import BudgetError, UnreadableFileError
+from vitshrink.compressor.importance import Scores
+from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.planner import model_cost, model_costs, plan_units
+
+# ---------------------------------------------------------------------------------------------- knapsack
+
+
+def _brute_force(losses, costs, budget, floor):
+    feasible = [(sum(losses[g][i] for g, i in enumerate(choice)), choice)
+                for choice in itertools.product(*[range(len(v)) for v in losses])
+                if floor <= sum(costs[g][i] for g, i in enumerate(choice)) <= budget]
+    return min(feasible)[0] if feasible else None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_knapsack_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, rng.integers(1, 5))
+    losses = [rng.normal(size=n) for n in sizes]  # negative scores happen (removing can lower the loss)
+    costs = [rng.integers(0, 20, n).astype(float) for n in sizes]
+    budget = float(rng.integers(max(1, sum(c.min() for c in costs)), sum(c.max() for c in costs) + 2))
+    floor = float(rng.integers(0, budget + 1))
+    best = _brute_force(losses, costs, budget, floor)
+    if best is None:
+        with pytest.raises(BudgetError, match="no choice of options costs between"):
+            knapsack.solve(losses, costs, budget, floor=floor, resolution=int(budget))
+        return
+    chosen = knapsack.solve(losses, costs, budget, floor=floor, resolution=int(budget))
+    total = sum(costs[g][i] for g, i in enumerate(chosen))
+    assert floor <= total <= budget
+    assert sum(losses[g][i] for g, i in enumerate(chosen)) == pytest.approx(best)
+
+
+def test_knapsack_never_exceeds_the_budget_with_real_valued_costs():
+    rng = np.random.default_rng(1)
+    costs = [np.sort(rng.random(30)) for _ in range(8)]
+    losses = [-np.sort(rng.random(30))[::-1] * 0 + np.linspace(1, 0, 30) for _ in range(8)]
+    chosen = knapsack.solve(losses, costs, 3.0, resolution=500)
+    assert sum(c[i] for c, i in zip(costs, chosen, strict=True)) <= 3.0
+
+
+def test_knapsack_refuses_a_budget_below_the_cheapest_choice():
+    with pytest.raises(BudgetError, match="cheapest options cost 3"):
+        knapsack.solve([[0.0, 1.0], [0.0]], [[2.0, 5.0], [1.0]], 2.5)
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def _key(**overrides) -> TableKey:
+    base = dict(architecture={"block": "Block", "embed_dim": 64, "num_heads": 4, "head_dim": 16, "mlp_hidden": 256,
+                              "tokens": 17, "depth": 3},
+                target="ort-cpu", precision="fp32", runtime_version="onnxruntime 1.0", threads=1, batch=1, device="cpu")
+    return TableKey(**{**base, **overrides})
+
+
+def _staircase_table(key: TableKey | None = None) -> LatencyTable:
+    """A hand-made table with GEMM-like steps: the MLP costs move only every 64 neurons."""
+    widths = tuple(range(0, 257, 32))
+    mlp = tuple(0.0 if w == 0 else 0.06 * np.ceil(w / 64) + 0.002 * w / 32 for w in widths)
+    return LatencyTable(key or _key(), attention=(0.0, 0.1, 0.15, 0.2, 0.3), mlp_widths=widths, mlp_ms=mlp,
+                        fixed=0.05, fit=Fit(a=0.02, b=1.1, models=7, mean_abs_error=0.01, max_abs_error=0.02))
+
+
+def test_table_round_trips_and_predicts_with_its_fit(tmp_path):
+    table = _staircase_table()
+    table.save(tmp_path / "t.json")
+    back = LatencyTable.load(tmp_path / "t.json")
+    assert back == table
+    assert back.mlp_time(80) == pytest.approx((back.mlp_time(64) + back.mlp_time(96)) / 2)  # linear between widths
+    assert back.predict([(4, 256), (0, 0)]) == pytest.approx(0.02 + 1.1 * (0.05 + 0.3 + 0.24 + 0.016))
+
+
+@pytest.mark.parametrize("field, value", [("threads", 2), ("batch", 8), ("target", "torch-cpu"),
+                                          ("runtime_version", "onnxruntime 2.0"), ("device", "other cpu")])
+def test_a_table_made_for_something_else_is_refused_naming_what(field, value):
+    with pytest.raises(BudgetError, match=f"{field}: table .*wanted"):
+        _staircase_table().check_key(_key(**{field: value}))
+
+
+def test_a_table_for_another_architecture_is_refused():
+    other = _key(architecture={**_key().architecture, "embed_dim": 128})
+    with pytest.raises(BudgetError, match="architecture"):
+        _staircase_table().check_key(other)
+
+
+@pytest.mark.parametrize("content, message", [("{", "not JSON"), ('{"format": "x"}', "not a vitshrink latency table"),
+                                              ('{"format": "vitshrink-latency-table/1"}', "damaged")])
+def test_a_bad_table_file_is_one_clear_error(tmp_path, content, message):
+    (tmp_path / "t.json").write_text(content)
+    with pytest.raises(UnreadableFileError, match=message):
+        LatencyTable.load(tmp_path / "t.json")
+
+
+# ---------------------------------------------------------------------------------------------- planner
+
+
+def _scores(rng, heads=4, hidden=256, depth=3) -> Scores:
+    return Scores("taylor", heads=tuple(rng.random(heads) for _ in range(depth)),
+                  neurons=tuple(rng.random(hidden) * 0.01 for _ in range(depth)), blocks=np.zeros(0))
+
+
+def test_latency_plan_lands_on_the_target_and_is_the_least_loss_plan():
+    """Brute force over every (heads, MLP width) of every block: the planner's loss is the least that lands."""
+    rng = np.random.default_rng(0)
+    model, table = tiny_vit(), _staircase_table()
+    model_args_check = table_key(model, "ort-cpu", 1, 1).architecture
+    assert model_args_check["mlp_hidden"] == 256 and model_args_check["num_heads"] == 4
+    costs = model_costs(model, "latency", table)
+    assert costs.total == pytest.approx(model_cost(model, "latency", table))
+    scores = _scores(rng)
+    target = 0.3 * costs.total
+    plan = plan_units(costs, scores, target_removed=target, reference_total=costs.total, round_to=32)
+    assert target <= plan.removed <= target + 0.01 * costs.total * (1 + 1e-6)
+    kept = list(zip(plan.heads_kept, plan.neurons_kept, strict=True))
+    assert costs.total - table.predict(kept) == pytest.approx(plan.removed)
+
+    def loss(i, h, m):  # the lowest-scored heads and neurons of block i go first
+        return np.sort(scores.heads[i])[: 4 - h].sum() + np.sort(scores.neurons[i])[: 256 - m].sum()
+
+    options = [(h, m) for h in range(1, 5) for m in range(32, 257, 32)]
+    best = np.inf
+    for combo in itertools.product(options, repeat=3):
+        removed = costs.total - table.predict(list(combo))
+        if target <= removed <= target + 0.01 * costs.total:
+            best = min(best, sum(loss(i, h, m) for i, (h, m) in enumerate(combo)))
+    planned = sum(loss(i, h, m) for i, (h, m) in enumerate(kept))
+    assert planned == pytest.approx(best, rel=1e-6)
+
+
+def test_an_unreachable_latency_target_is_refused():
+    model, table = tiny_vit(), _staircase_table()
+    costs = model_costs(model, "latency", table)
+    with pytest.raises(BudgetError, match="can remove at most"):
+        plan_units(costs, _scores(np.random.default_rng(0)), target_removed=0.9 * costs.total,
+                   reference_total=costs.total)
+
+
+def test_a_latency_budget_without_a_table_says_how_to_get_one():
+    with pytest.raises(BudgetError, match="--latency-table"):
+        model_costs(tiny_vit(), "latency")
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+
+
+@pytest.mark.parametrize("target", ["ort-cpu", "torch-cpu"])
+def test_profile_measures_every_head_count_and_width_of_the_grid(target):
+    model = tiny_vit()
+    table = profile(model, target, batch=2, threads=1, round_to=64, repeats=2, min_seconds=0.0, fit_models=3,
+                    progress=False, log=lambda *a: None)
+    assert table.key == table_key(model, target, 2, 1)
+    assert len(table.attention) == 5 and table.attention[0] == 0 and min(table.attention[1:]) > 0
+    assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
+    assert table.mlp_ms[0] == 0 and min(table.mlp_ms[1:]) > 0 and table.fixed > 0
+    assert table.fit.models == 4 and table.fit.b > 0 and table.fit.mean_abs_error is not None
+
+
+def test_mlp_grid_follows_the_planner_groups():
+    assert mlp_grid(20, 8) == [0, 8, 16, 20]  # a remainder group of 4 goes first: 20 -> 16 -> 8
+    assert mlp_grid(16, 1)[-3:] == [14, 15, 16]
+
+
+@pytest.mark.parametrize("target, message", [("trt-fp16", "TensorRT tables are not built yet"),
+                                             ("onnx", "unknown latency target")])
+def test_profile_refuses_an_unknown_target(target, message):
+    with pytest.raises(BenchError, match=message):
+        table_key(tiny_vit(), target, 1, 1)
+
+
+def test_profile_refuses_blocks_it_cannot_time():
+    import timm
+
+    model = timm.create_model("vit_relpos_base_patch16_224", pretrained=False, img_size=16, patch_size=4,
+                              embed_dim=64, depth=2, num_heads=4, num_classes=10)
+    with pytest.raises(BenchError, match="plain `Block`s.*ResPostRelPosBlock|plain `Block`s.*RelPosBlock"):
+        table_key(model, "ort-cpu", 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path):
+    loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
+    return save_artifact(tmp_path / "teacher", loaded, {"method": "test teacher"})
+
+
+def test_profile_then_compress_on_the_table_then_bench_shows_predicted_vs_realised(tiny_teacher_dir, tmp_path):
+    table_file = tmp_path / "lut.json"
+    result = _run("profile", "--model", tiny_teacher_dir, "--target", "ort-cpu", "--threads", "1", "--round-to", "32",
+                  "--fit-models", "2", "--out", table_file, "--no-progress")
+    assert result.exit_code == 0, result.output
+    table = LatencyTable.load(table_file)
+    assert table.key.threads == 1 and table.key.batch == 1 and table.key.target == "ort-cpu"
+    # times of a tiny model on a shared CPU are mostly overhead and noise: plan on the staircase table (same key),
+    # so that the plan is the same every run
+    dataclasses.replace(_staircase_table(), key=table.key).save(table_file)
+
+    out = tmp_path / "student"
+    result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "latency=0.3", "--latency-table", table_file,
+                  "--target-threads", "1", "--round-to", "32", "--epochs", "0", "--calib-batches", "2",
+                  "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = load_artifact(out).compression
+    predicted = record["latency"]["predicted_ms"]
+    assert record["latency"]["target"] == "ort-cpu" and record["config"]["latency_table"]["key"]["threads"] == 1
+    assert 0.3 <= 1 - predicted["student"] / predicted["teacher"] <= 0.31 + 1e-9
+
+    bench_dir = tmp_path / "bench"
+    result = _run("bench", out, "--teacher", tiny_teacher_dir, "--backends", "ort-cpu", "--batch-sizes", "1",
+                  "--threads", "1", "--no-memory", "--no-fvcore", "--min-iters", "5", "--min-time", "0",
+                  "--warmup", "1", "--warmup-time", "0", "--no-plot", "--no-progress", "--out", bench_dir)
+    assert result.exit_code == 0, result.output
+    assert "latency plan (ort-cpu:fp32, batch 1): predicted -3" in result.output
+    check = json.loads((bench_dir / "bench.json").read_text())["latency_plan"]
+    speed = json.loads((bench_dir / "bench.json").read_text())["speedup"][0]["ratio"]
+    assert check["realised_reduction"] == pytest.approx(1 - 1 / speed, abs=1e-6)
+    assert check["student_prediction_error"] == pytest.approx(
+        check["realised_ms"]["student"] / check["predicted_ms"]["student"] - 1)
+
+
+def test_compress_refuses_a_table_made_for_other_threads_and_writes_nothing(tiny_teacher_dir, tmp_path):
+    table = dataclasses.replace(_staircase_table(), key=table_key(tiny_vit(), "ort-cpu", 1, 4))
+    table.save(tmp_path / "lut.json")
+    out = tmp_path / "student"
+    result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "latency=0.3", "--latency-table",
+                  tmp_path / "lut.json", "--target-threads", "1", "--epochs", "0", "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert "threads: table 4, wanted 1" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_latency_options_with_a_flops_budget_are_refused(tiny_teacher_dir, tmp_path):
+    result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "flops=0.3", "--target", "ort-cpu",
+                  "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "--target applies to a latency budget" in result.output
