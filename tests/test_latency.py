@@ -259,3 +259,20 @@ def test_latency_options_with_a_flops_budget_are_refused(tiny_teacher_dir, tmp_p
     result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "flops=0.3", "--target", "ort-cpu",
                   "--out", tmp_path / "s")
     assert result.exit_code == 2 and "--target applies to a latency budget" in result.output
+
+
+def test_the_paper_order_plans_both_stages_on_the_table(tiny_teacher_dir, tmp_path):
+    """width -> depth on a latency budget: the split, the blocks and the top-up all use the table."""
+    table = dataclasses.replace(_staircase_table(), key=table_key(tiny_vit(), "ort-cpu", 1, 1))
+    table.save(tmp_path / "lut.json")
+    out = tmp_path / "student"
+    result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "latency=0.5", "--stages", "width,depth",
+                  "--latency-table", tmp_path / "lut.json", "--target-threads", "1", "--round-to", "32",
+                  "--epochs", "0", "--calib-batches", "2", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "budget split (latency -50.0%)" in result.output and "depth plan: remove blocks" in result.output
+    student = load_artifact(out)
+    predicted = student.compression["latency"]["predicted_ms"]
+    assert len(student.model.blocks) < 3
+    assert 0.5 <= 1 - predicted["student"] / predicted["teacher"] <= 0.51 + 1e-9
+    assert predicted["student"] == pytest.approx(table.predict([(b.num_heads, b.mlp_hidden) for b in student.spec.blocks]))

@@ -42,9 +42,13 @@ _EXPORTS = {
     "save_artifact": "vitshrink.compressor.artifact",
     "load_artifact": "vitshrink.compressor.artifact",
     "VitShrinkError": "vitshrink.compressor.errors",
+    "LatencyTarget": "vitshrink.compressor.jobs",
+    "LatencyTable": "vitshrink.compressor.latency_table",
 }
 __all__ = [
     "KDWeights",
+    "LatencyTable",
+    "LatencyTarget",
     "VitShrinkError",
     "apply_plan",
     "bench",

@@ -18,7 +18,14 @@ from vitshrink.compressor import distributed as ddp
 from vitshrink.compressor.artifact import load_artifact
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.importance import Scores, calibration_batches, score_units
-from vitshrink.compressor.jobs import compress_and_report, default_work_dir, loader_data, start_run
+from vitshrink.compressor.jobs import (
+    LatencyTarget,
+    compress_and_report,
+    default_work_dir,
+    loader_data,
+    start_run,
+    with_latency_table,
+)
 from vitshrink.compressor.loaded import LoadedModel
 from vitshrink.compressor.loading import wrap_module
 from vitshrink.compressor.pipeline import DISTILL_LR, CompressConfig
@@ -59,8 +66,9 @@ def compress(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    latency: LatencyTarget | None = None,
 ) -> nn.Module:
-    """Prune `model` to a FLOPs/params budget and distill it back; write the artifact to `out`; return the student.
+    """Prune `model` to a FLOPs/params/latency budget and distill it back; write the artifact to `out`; return the student.
 
     `train_loader` and `eval_loader` yield (image, label) batches in the model's input format.
     Training re-reads `train_loader.dataset` in its own seeded order, at `train_loader.batch_size`;
@@ -68,7 +76,9 @@ def compress(
     `val_loader`, or else a fixed, seeded part of the training dataset held out of training (`val_split`:
     fraction or image count, 0 for none; default 10%, at most 5,000 images).
 
-    reduce: "flops=0.3" (default) or "params=0.25": the share of the teacher to remove.
+    reduce: "flops=0.3" (default), "params=0.25" or "latency=0.3": the share of the teacher to remove.
+    latency: for a latency budget, where it is measured (`LatencyTarget(target="ort-cpu", batch=1, threads=2,
+        table_file=...)`; default ort-cpu, batch 1, torch's threads, profiled now and cached).
     epochs: distillation epochs after every cut (default 3; 0 = cut only).
     config: every setting of `vitshrink compress` (stages, criteria, learning rate, ...) instead of
         `reduce` and `epochs`.
@@ -82,6 +92,7 @@ def compress(
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
     device = ddp.init_from_env()
     start_run(teacher, work, data.info, resume, log=log)
+    settings = with_latency_table(settings, teacher, latency or LatencyTarget(), progress=progress, log=log)
     compress_and_report(teacher, data, settings, out, work, resume=resume, device=device, progress=progress,
                         log=log)
     return load_artifact(out).model

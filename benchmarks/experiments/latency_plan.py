@@ -1,0 +1,251 @@
+"""`python -m benchmarks.experiments.latency_plan`: does a plan made on measured latency land where it says?
+
+Speed (`speed`): a timm ViT (random weights: speed does not depend on them) is profiled on ONNX Runtime
+(CPU) at each batch size (`vitshrink profile`, timed), then cut two ways on the same Taylor scores (of
+random images: an untrained model), each exported with the exporter's settings and timed against the
+unpruned model, alternately (teacher, latency plan, FLOPs plan, ...):
+
+    latency    `--reduce latency=R`: the knapsack on the table
+    flops      `--reduce flops=F` at the FLOPs reduction F the latency plan ended at
+
+Reported: profiling time; predicted vs realised latency reduction (realised = 1 - 1/speedup); the
+student's measured vs predicted ms; and for both plans the realised share of the FLOPs ratio.
+
+Accuracy (`accuracy`): on a trained teacher and its dataset, the latency plan at -R next to FLOPs plans
+around the same FLOPs, each timed against the teacher and evaluated on the test split without any
+training; the FLOPs plans' accuracy is interpolated at the latency plan's realised latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from vitshrink.benchmarks.latency_profile import profile
+from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
+from vitshrink.benchmarks.stats import latency_stats, speedup
+from vitshrink.benchmarks.timing import TimingPolicy, measure
+from vitshrink.compressor.flops import count_macs
+from vitshrink.compressor.importance import Scores, score
+from vitshrink.compressor.latency_table import LatencyTable
+from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.planner import model_cost, model_costs, plan_units, plan_width
+from vitshrink.compressor.report import format_table
+from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
+
+
+def random_scores(model: torch.nn.Module, seed: int) -> Scores:
+    """Taylor scores on random images with random labels (what `compress` would score on an untrained model)."""
+    g = torch.Generator().manual_seed(seed)
+    size = model.patch_embed.img_size
+    batches = [(torch.randn(8, 3, *size, generator=g), torch.randint(0, model.num_classes, (8,), generator=g))
+               for _ in range(2)]
+    return score(model, batches, "taylor", seed=seed)
+
+
+def latency_cut(model: torch.nn.Module, scores: Scores, table: LatencyTable, reduction: float,
+                round_to: int) -> tuple[PrunePlan, float]:
+    """The latency plan and its predicted reduction."""
+    costs = model_costs(model, "latency", table)
+    plan = plan_units(costs, scores, target_removed=reduction * costs.total, reference_total=costs.total,
+                      round_to=round_to)
+    return plan.plan, plan.removed / costs.total
+
+
+def flops_cut(model: torch.nn.Module, scores: Scores, reduction: float, round_to: int) -> PrunePlan:
+    total = count_macs(model)
+    return plan_width(model, scores, metric="flops", target_removed=reduction * total, reference_total=total,
+                      round_to=round_to, tolerance=None).plan
+
+
+def cut(model: torch.nn.Module, plan: PrunePlan) -> torch.nn.Module:
+    student = copy.deepcopy(model)
+    apply_plan(student, ArchSpec.from_model(student), plan)
+    return student.eval()
+
+
+def time_against_teacher(teacher: torch.nn.Module, students: dict[str, torch.nn.Module], io: IOSpec, batch: int,
+                         threads: int, policy: TimingPolicy, work: Path, seed: int) -> dict[str, dict]:
+    """Per student: teacher and student p50 ms and the speedup, all timed in one interleaved loop."""
+    options = RuntimeOptions(threads=threads, seed=seed)
+    work.mkdir(parents=True, exist_ok=True)
+    runtimes = {}
+    for name, model in {"teacher": teacher, **students}.items():
+        path = work / f"{name}.onnx"
+        export_onnx(model, io, path, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
+        runtimes[name] = build_runtime(BackendSpec("ort-cpu", "fp32"), Subject(name, io.input_size, onnx={"fp32": path}),
+                                       options)
+    calls = {name: (lambda rt=rt: rt.run(batch)) for name, rt in runtimes.items()}
+    samples = measure(calls, policy, runtimes["teacher"].timer)
+    out = {}
+    for name in students:
+        s = speedup(samples["teacher"], samples[name], seed=seed)
+        out[name] = {"teacher_ms": latency_stats(samples["teacher"], batch).p50_ms,
+                     "student_ms": latency_stats(samples[name], batch).p50_ms, **s.to_dict(),
+                     "realised_reduction": 1 - 1 / s.ratio}
+    return out
+
+
+def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threads: int, round_to: int,
+          policy: TimingPolicy, seed: int, work: Path, log: Callable[[str], None]) -> list[dict]:
+    torch.set_num_threads(threads)
+    teacher: LoadedModel = load_model(model_name)
+    model = teacher.model.eval()
+    io = IOSpec.from_model(model, teacher.data_config)
+    macs = count_macs(model)
+    scores = random_scores(model, seed)
+    rows = []
+    for batch in batch_sizes:
+        started = time.perf_counter()
+        table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
+        profile_s = time.perf_counter() - started
+        lat_plan, predicted = latency_cut(model, scores, table, reduction, round_to)
+        lat_student = cut(model, lat_plan)
+        flops_reduction = 1 - count_macs(lat_student) / macs
+        flops_student = cut(model, flops_cut(model, scores, flops_reduction, round_to))
+        log(f"batch {batch}: profiled in {profile_s:.0f} s; latency plan predicts -{predicted:.1%} at MACs "
+            f"-{flops_reduction:.1%}; FLOPs plan at MACs -{1 - count_macs(flops_student) / macs:.1%}")
+        timed = time_against_teacher(model, {"latency": lat_student, "flops": flops_student}, io, batch, threads,
+                                     policy, work / f"b{batch}", seed)
+        for name, student in (("latency", lat_student), ("flops", flops_student)):
+            ratio = macs / count_macs(student)
+            t = timed[name]
+            row = {"plan": name, "batch": batch, "threads": threads, "profile_seconds": round(profile_s, 1),
+                   "fit_mean_abs_error": table.fit.mean_abs_error,
+                   "heads": [b.attn.num_heads for b in student.blocks],
+                   "mlp": [b.mlp.fc1.out_features for b in student.blocks],
+                   "flops_reduction": 1 - 1 / ratio, "flops_ratio": ratio, **t, "realised_share": t["ratio"] / ratio}
+            if name == "latency":
+                predicted_ms = model_cost(student, "latency", table)
+                row.update(predicted_reduction=predicted, predicted_student_ms=predicted_ms,
+                           prediction_error=t["student_ms"] / predicted_ms - 1)
+            rows.append(row)
+            log(f"  {name}: speedup {t['ratio']:.3f}x ({t['ci_low']:.3f}-{t['ci_high']:.3f}), latency "
+                f"-{t['realised_reduction']:.1%}, {t['ratio'] / ratio:.0%} of the {ratio:.3f}x FLOPs ratio"
+                + (f"; student {t['student_ms']:.2f} ms vs {row['predicted_student_ms']:.2f} ms predicted "
+                   f"({row['prediction_error']:+.1%})" if name == "latency" else ""))
+    return rows
+
+
+def speed_table(rows: list[dict]) -> str:
+    header = ("plan", "batch", "MACs -%", "predicted -%", "realised -%", "speedup (95% CI)", "of FLOPs ratio",
+              "student ms (pred.)", "profile s")
+    body = [(r["plan"], str(r["batch"]), f"{r['flops_reduction']:.1%}",
+             f"{r['predicted_reduction']:.1%}" if "predicted_reduction" in r else "",
+             f"{r['realised_reduction']:.1%}", f"{r['ratio']:.3f}x ({r['ci_low']:.3f}-{r['ci_high']:.3f})",
+             f"{r['realised_share']:.0%}",
+             f"{r['student_ms']:.2f} ({r['predicted_student_ms']:.2f})" if "predicted_student_ms" in r
+             else f"{r['student_ms']:.2f}", f"{r['profile_seconds']:.0f}") for r in rows]
+    return format_table(body, header)
+
+
+def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
+             offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
+             log: Callable[[str], None]) -> dict:
+    from vitshrink.compressor.evaluate import evaluate
+    from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_units
+    from vitshrink.compressor.jobs import DataOptions, build_compress_data
+    from vitshrink.compressor.pipeline import CompressConfig
+    from vitshrink.compressor.planner import Budget
+
+    torch.set_num_threads(threads)
+    teacher = load_model(teacher_path)
+    model = teacher.model.eval()
+    io = IOSpec.from_model(model, teacher.data_config)
+    config = CompressConfig(budget=Budget("flops", reduction))
+    data = build_compress_data(teacher, DataOptions(dataset="imagefolder", data_dir=data_dir, train_limit=20000,
+                                                    val_split=2000, seed=seed), config)
+    calib = calibration_batches(data.calib_loader, config.calib_batches, 0, 1)
+    scores = score_units(model, calib, "taylor", ScoringLoss("ce"), seed=seed)
+    table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
+    lat_plan, predicted = latency_cut(model, scores, table, reduction, round_to)
+    students = {"latency": cut(model, lat_plan)}
+    macs = count_macs(model)
+    f = 1 - count_macs(students["latency"]) / macs
+    for off in offsets:
+        students[f"flops{f + off:.3f}"] = cut(model, flops_cut(model, scores, f + off, round_to))
+    timed = time_against_teacher(model, students, io, batch, threads, policy, work, seed)
+    rows = []
+    for name, student in students.items():
+        top1 = evaluate(student, data.eval_loader)["top1"]
+        rows.append({"plan": name, "flops_reduction": 1 - count_macs(student) / macs, "top1": top1, **timed[name]})
+        log(f"{name}: MACs -{rows[-1]['flops_reduction']:.1%}, latency -{timed[name]['realised_reduction']:.1%}, "
+            f"test top-1 {top1:.2%}")
+    lat = rows[0]
+    flops_rows = sorted(rows[1:], key=lambda r: r["realised_reduction"])
+    xs = [r["realised_reduction"] for r in flops_rows]
+    inside = xs[0] <= lat["realised_reduction"] <= xs[-1]
+    at_same = float(np.interp(lat["realised_reduction"], xs, [r["top1"] for r in flops_rows]))
+    teacher_top1 = evaluate(model, data.eval_loader)["top1"]
+    return {"teacher_top1": teacher_top1, "predicted_reduction": predicted, "rows": rows,
+            "flops_top1_at_same_latency": at_same, "interpolated": inside,
+            "difference_pt": 100 * (lat["top1"] - at_same)}
+
+
+@click.group()
+def main() -> None:
+    """Latency planning: where the plans land, how fast they are, what they cost in accuracy."""
+
+
+@main.command("speed")
+@click.option("--model", "model_name", default="vit_small_patch16_224", show_default=True)
+@click.option("--reduction", type=float, default=0.3, show_default=True, help="Latency to remove.")
+@click.option("--batch-sizes", default="1,8", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--min-iters", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--min-time", type=float, default=3.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/latency-plan"))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_iters, min_time, seed, work, json_path):
+    """Predicted vs realised latency, and the share of the FLOPs ratio realised, latency plan vs FLOPs plan."""
+    policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=min_iters, min_time_s=min_time, max_time_s=120.0)
+    batches = tuple(int(b) for b in batch_sizes.split(","))
+    rows = speed(model_name, reduction, batches, threads, round_to, policy, seed, work, click.echo)
+    click.echo("\n" + speed_table(rows))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+@main.command("accuracy")
+@click.option("--teacher", default="../shared/models/cifar10-vit", show_default=True)
+@click.option("--data-dir", default="../shared/datasets/cifar10", show_default=True)
+@click.option("--reduction", type=float, default=0.3, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--offsets", default="-0.04,-0.02,0,0.02,0.04", show_default=True,
+              help="FLOPs plans at the latency plan's MACs reduction plus these.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/latency-accuracy"))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, offsets, seed, work, json_path):
+    """Cut-only test accuracy of the latency plan vs FLOPs plans at the same realised latency."""
+    policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=50, min_time_s=3.0, max_time_s=120.0)
+    offs = tuple(float(o) for o in offsets.split(","))
+    work.mkdir(parents=True, exist_ok=True)
+    result = accuracy(teacher, data_dir, reduction, batch, threads, round_to, offs, policy, seed, work, click.echo)
+    click.echo(f"teacher {result['teacher_top1']:.2%}; latency plan {result['rows'][0]['top1']:.2%} vs FLOPs plans "
+               f"{result['flops_top1_at_same_latency']:.2%} at the same realised latency "
+               f"({'interpolated' if result['interpolated'] else 'EXTRAPOLATED: widen --offsets'}): "
+               f"{result['difference_pt']:+.2f} pt")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
