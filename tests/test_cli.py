@@ -56,6 +56,8 @@ def test_width_only_lands_on_target(teacher_dir, tmp_path):
         (["--reduce", "flops=1.2"], "(0, 1)"),
         (["--reduce", "speed=0.3"], "unknown budget metric"),
         (["--stages", "width,foo"], "unknown stages"),
+        (["--stages", "width,width"], "width may appear once; for iterative width pruning give the number of steps"),
+        (["--width-steps", "0"], "0 is not in the range x>=1"),
         (["--dataset", "imagefolder", "--data-dir", "/nonexistent", "--model", "vit_tiny_patch16_224"], "does not exist"),
     ],
 )

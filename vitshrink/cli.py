@@ -144,13 +144,11 @@ def _data_options(kw: dict):
 
 def compress_config(kw: dict) -> CompressConfig:
     """The `compress` options (click's parsed values) as one config object."""
-    stages = [s.strip() for s in kw["stages"].split(",") if s.strip()]
-    if "width" in stages and kw["width_steps"] > 1:
-        i = stages.index("width")
-        stages[i : i + 1] = ["width"] * kw["width_steps"]
+    stages = tuple(s.strip() for s in kw["stages"].split(",") if s.strip())
     try:
         return CompressConfig(
-            budget=kw["budget"], stages=tuple(stages), depth_share=kw["depth_share"], depth_blocks=kw["depth_blocks"],
+            budget=kw["budget"], stages=stages, width_steps=kw["width_steps"], depth_share=kw["depth_share"],
+            depth_blocks=kw["depth_blocks"],
             criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
             train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
