@@ -12,6 +12,7 @@ import click
 from vitshrink.benchmarks.errors import BenchError
 from vitshrink.benchmarks.gate import DEFAULT_GATES
 from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import DATASETS
 from vitshrink.compressor.errors import VitShrinkError
 
@@ -62,7 +63,7 @@ def _print_gates(outcome, gate_file: Path) -> None:
         click.echo(f"baseline recorded: {outcome.baseline_written}")
 
 
-@click.command("bench")
+@click.command("bench", cls=VitShrinkCommand)
 @click.argument("artifact")
 @click.option("--teacher", help="Teacher to compare with: artifact, timm folder or timm name "
                                 "[default: the teacher recorded in ARTIFACT's compression.json].")
@@ -131,21 +132,16 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
         )
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
-    try:
-        bench = run_bench(config, log=click.echo).to_dict()
-        click.echo("\n" + terminal_report(bench))
-        if kw["gate_file"] is not None:
-            outcome = gate_bench(bench, kw["gate_file"], baseline=kw["baseline"],
-                                 update_baseline=kw["update_baseline"])
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    bench = run_bench(config, log=click.echo).to_dict()
+    click.echo("\n" + terminal_report(bench))
     if kw["gate_file"] is not None:
+        outcome = gate_bench(bench, kw["gate_file"], baseline=kw["baseline"], update_baseline=kw["update_baseline"])
         _print_gates(outcome, kw["gate_file"])
         if not outcome.passed:
             ctx.exit(1)
 
 
-@click.command("gate")
+@click.command("gate", cls=VitShrinkCommand)
 @click.argument("bench_json", type=click.Path(exists=True, path_type=Path))
 @click.option("--gates", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=DEFAULT_GATES, show_default=True, help="Gate file (TOML).")
@@ -162,11 +158,7 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
 
     if update_baseline and baseline is None:
         raise click.BadParameter(NEEDS_BASELINE_FILE, param_hint="--update-baseline")
-    try:
-        outcome = gate_bench(read_bench_json(bench_json), gate_file, baseline=baseline,
-                             update_baseline=update_baseline)
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    outcome = gate_bench(read_bench_json(bench_json), gate_file, baseline=baseline, update_baseline=update_baseline)
     _print_gates(outcome, gate_file)
     if not outcome.passed:
         ctx.exit(1)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from vitshrink.benchmarks.command import bench_command, gate_command
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import AUGMENTS
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.importance import CRITERIA
@@ -20,16 +21,6 @@ from vitshrink.compressor.train import TrainConfig
 from vitshrink.exporters.command import export_command
 
 DATASET_NAMES = ["digits", "cifar10", "cifar100", "imagefolder", "tiny-imagenet"]
-
-
-class VitShrinkCommand(click.Command):
-    """Turns every VitShrinkError into one clean line and exit code 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except VitShrinkError as e:
-            raise click.ClickException(str(e)) from e
 
 
 def _budget(ctx, param, value: str) -> Budget:
