@@ -11,7 +11,9 @@ import click
 
 from vitshrink.benchmarks.errors import BenchError
 from vitshrink.benchmarks.gate import DEFAULT_GATES
+from vitshrink.benchmarks.latency_profile import TARGETS as PROFILE_TARGETS
 from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import DATASETS
 from vitshrink.compressor.errors import VitShrinkError
 
@@ -62,7 +64,7 @@ def _print_gates(outcome, gate_file: Path) -> None:
         click.echo(f"baseline recorded: {outcome.baseline_written}")
 
 
-@click.command("bench")
+@click.command("bench", cls=VitShrinkCommand)
 @click.argument("artifact")
 @click.option("--teacher", help="Teacher to compare with: artifact, timm folder or timm name "
                                 "[default: the teacher recorded in ARTIFACT's compression.json].")
@@ -131,21 +133,16 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
         )
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
-    try:
-        bench = run_bench(config, log=click.echo).to_dict()
-        click.echo("\n" + terminal_report(bench))
-        if kw["gate_file"] is not None:
-            outcome = gate_bench(bench, kw["gate_file"], baseline=kw["baseline"],
-                                 update_baseline=kw["update_baseline"])
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    bench = run_bench(config, log=click.echo).to_dict()
+    click.echo("\n" + terminal_report(bench))
     if kw["gate_file"] is not None:
+        outcome = gate_bench(bench, kw["gate_file"], baseline=kw["baseline"], update_baseline=kw["update_baseline"])
         _print_gates(outcome, kw["gate_file"])
         if not outcome.passed:
             ctx.exit(1)
 
 
-@click.command("gate")
+@click.command("gate", cls=VitShrinkCommand)
 @click.argument("bench_json", type=click.Path(exists=True, path_type=Path))
 @click.option("--gates", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=DEFAULT_GATES, show_default=True, help="Gate file (TOML).")
@@ -162,23 +159,19 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
 
     if update_baseline and baseline is None:
         raise click.BadParameter(NEEDS_BASELINE_FILE, param_hint="--update-baseline")
-    try:
-        outcome = gate_bench(read_bench_json(bench_json), gate_file, baseline=baseline,
-                             update_baseline=update_baseline)
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    outcome = gate_bench(read_bench_json(bench_json), gate_file, baseline=baseline, update_baseline=update_baseline)
     _print_gates(outcome, gate_file)
     if not outcome.passed:
         ctx.exit(1)
 
 
-@click.command("profile")
+@click.command("profile", cls=VitShrinkCommand)
 @click.option("--model", required=True, help="timm name (e.g. vit_small_patch16_224), timm folder or artifact; "
                                              "weights do not matter for timing (random ones are used for a name).")
 @click.option("--model-arg", "model_args", multiple=True,
               help="Extra timm.create_model argument for a name, e.g. --model-arg img_size=32.")
-@click.option("--target", type=click.Choice(["ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda"]), default="ort-cpu",
-              show_default=True, help="Runtime to measure on (as in bench --backends).")
+@click.option("--target", type=click.Choice(PROFILE_TARGETS), default="ort-cpu", show_default=True,
+              help="Runtime to measure on (as in bench --backends).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: torch's thread count].")
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
@@ -196,26 +189,10 @@ def profile_command(model: str, model_args: tuple[str, ...], target: str, batch_
     import torch
 
     from vitshrink.benchmarks.latency_profile import profile
-    from vitshrink.compressor.loading import load_model
+    from vitshrink.compressor.loading import load_model, parse_model_args
 
-    try:
-        args = dict(_model_arg(a) for a in model_args)
-        loaded = load_model(model, model_args=args or None)
-        table = profile(loaded.model, target, batch=batch_size, threads=threads or torch.get_num_threads(),
-                        round_to=round_to, fit_models=fit_models, progress=not no_progress, log=click.echo)
-        table.save(out)
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    loaded = load_model(model, model_args=parse_model_args(model_args) or None)
+    table = profile(loaded.model, target, batch=batch_size, threads=threads or torch.get_num_threads(),
+                    round_to=round_to, fit_models=fit_models, progress=not no_progress, log=click.echo)
+    table.save(out)
     click.echo(f"latency table: {out}")
-
-
-def _model_arg(item: str) -> tuple[str, object]:
-    import ast
-
-    key, sep, raw = item.partition("=")
-    if not sep:
-        raise BenchError(f"--model-arg {item!r}: write it as key=value, e.g. img_size=32")
-    try:
-        return key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return key, raw

@@ -178,3 +178,20 @@ def _wrap(model: torch.nn.Module, name: str, model_args: dict, path: Path | None
         data_config=resolve_data_config({}, model=model),
         path=path,
     )
+
+
+def parse_model_args(items: tuple[str, ...] | list[str]) -> dict:
+    """`key=value` strings (the CLI's --model-arg) as timm.create_model keyword arguments; values are Python
+    literals where they parse as one (32, (32, 32), True), else strings."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ModelSourceError(f"--model-arg {item!r}: write it as key=value, e.g. img_size=32")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out

@@ -51,8 +51,9 @@ DISTILL_LR = 1e-4  # peak learning rate of the distillation after a cut: `compre
 class CompressConfig:
     budget: Budget
     # width only by default: more accurate than ("width", "depth") at equal budget on the validation split
-    # (README, Results); ("width", "depth") is the paper's order. Repeat "width" for iterative width steps.
+    # (README, Results); ("width", "depth") is the paper's order; ("depth",) alone. Each at most once.
     stages: tuple[str, ...] = ("width",)
+    width_steps: int = 1  # the width stage as N prune+distill steps (iterative pruning); ignored without it
     depth_share: float = 0.5  # share of the target reduction that depth pruning should deliver
     depth_blocks: int | None = None  # explicit number of blocks to remove (overrides depth_share)
     criterion: str = "taylor"  # head/neuron importance (see vitshrink.compressor.importance.CRITERIA)
@@ -71,8 +72,13 @@ class CompressConfig:
         bad = [s for s in self.stages if s not in STAGES]
         if bad or not self.stages:
             raise BudgetError(f"unknown stages {bad or self.stages}; use width and/or depth, e.g. width,depth")
+        if self.stages.count("width") > 1:
+            raise BudgetError(f"stages {','.join(self.stages)}: width may appear once; for iterative width pruning "
+                              "give the number of steps instead (width_steps, --width-steps N)")
         if self.stages.count("depth") > 1 or ("depth" in self.stages and self.stages[-1] != "depth"):
             raise BudgetError("depth may appear once, as the last stage (the paper's order: width, then depth)")
+        if not isinstance(self.width_steps, int) or self.width_steps < 1:
+            raise BudgetError(f"width_steps (--width-steps) must be a whole number >= 1, got {self.width_steps!r}")
         if not 0.0 <= self.depth_share <= 1.0:
             raise BudgetError(f"--depth-share must be in [0, 1], got {self.depth_share}")
         if self.plan is not None:
@@ -93,13 +99,26 @@ class CompressConfig:
         return model_cost(model, self.budget.metric, self.table)
 
     @property
+    def stage_sequence(self) -> tuple[str, ...]:
+        """Every prune+distill stage in order: one "width" per width step, then "depth" if asked."""
+        widths = ("width",) * self.width_steps if "width" in self.stages else ()
+        return widths + (("depth",) if "depth" in self.stages else ())
+
+    @property
     def run_stages(self) -> tuple[str, ...]:
-        """The stages this config runs: the given plan's single stage, or `stages`."""
-        return ("plan",) if self.plan is not None else self.stages
+        """The stages this config runs: the given plan's single stage, or `stage_sequence`."""
+        return ("plan",) if self.plan is not None else self.stage_sequence
 
     def to_dict(self) -> dict:
+        """The settings as compression.json records them and `--resume` compares them.
+
+        `stages` is recorded as `stage_sequence` (one "width" per width step) and `width_steps` not at
+        all: the format every earlier run wrote, so their records read the same and their work folders resume.
+        """
         d = dataclasses.asdict(self)
         d["budget"] = str(self.budget)
+        d["stages"] = self.stage_sequence
+        del d["width_steps"]
         return d
 
 
@@ -198,7 +217,6 @@ def run_compress(
     log(f"teacher: {teacher_row['params'] / 1e6:.3f} M params, {teacher_row['macs'] / 1e6:.1f} M MACs, "
         f"test top-1 {teacher_row['top1']:.2%} (val {_top1(teacher_row['val'])})")
     log(split.describe() if split else "a given plan (--plan): no scoring, no budget; cut as the plan says")
-    n_width = config.stages.count("width")
     current = copy.deepcopy(teacher)
     records: list[StageRecord] = []
     calib = calibration_batches(data.calib_loader, config.calib_batches, ddp.rank(), ddp.world_size())
@@ -223,9 +241,9 @@ def run_compress(
             plan, scores = PrunePlan.from_dict(config.plan), None
             check_plan(plan, model, "--plan")
         elif stage == "width":
-            step = config.stages[: index + 1].count("width")
-            target = split.width_removed * step / n_width
-            final = step == n_width and not split.runs("depth")
+            step = index + 1  # the width steps come first: stage k is width step k of config.width_steps
+            target = split.width_removed * step / config.width_steps
+            final = step == config.width_steps and not split.runs("depth")
             width_plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before,
                                             final)
             plan = width_plan.plan

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.hooks import RemovableHandle
 
 from vitshrink.compressor import distributed as ddp
 from vitshrink.compressor.checkpoint import (
@@ -37,12 +37,14 @@ from vitshrink.compressor.checkpoint import (
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.kd_loss import KDWeights, distillation_loss
+from vitshrink.compressor.optimizer import build_optimizer
 from vitshrink.compressor.precision import resolve_amp
 from vitshrink.compressor.progress import progress_bar
 from vitshrink.compressor.resume import check_same
 from vitshrink.compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
 from vitshrink.compressor.selection import KEEP_CHOICES, BestOnValidation
 from vitshrink.compressor.spec import ArchSpec
+from vitshrink.compressor.stopping import StopRequest
 
 
 @dataclass(frozen=True)
@@ -96,40 +98,6 @@ class TrainResult:
         return max(rows, key=lambda r: r["eval_top1"])["epoch"] if rows else None
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to checkpoint and stop after the current step; a second one kills."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def feature_sources_for(teacher_spec: ArchSpec, student_spec: ArchSpec) -> list[int]:
     """For each student block, the position in the teacher of the block it was cut from.
 
@@ -147,10 +115,64 @@ def feature_sources_for(teacher_spec: ArchSpec, student_spec: ArchSpec) -> list[
     return [position[b.source_index] for b in student_spec.blocks]
 
 
-def _block_outputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
-    store: list[torch.Tensor] = []
-    hooks = [blk.register_forward_hook(lambda m, a, out: store.append(out)) for blk in model.blocks]
-    return store, hooks
+class _HiddenStates:
+    """The block outputs of student and teacher in the current step, caught by forward hooks (hidden-state KD)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, sources: list[int]):
+        self.sources = sources  # sources[i]: the teacher block whose output student block i learns
+        self.student: list[torch.Tensor] = []  # one (B, N, D) tensor per student block, in order
+        self.teacher: list[torch.Tensor] = []
+        self._hooks = [*_append_outputs(student, self.student), *_append_outputs(teacher, self.teacher)]
+
+    def clear(self) -> None:
+        self.student.clear()
+        self.teacher.clear()
+
+    def pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(student block outputs, the teacher block outputs they learn), position by position."""
+        return self.student, [self.teacher[j] for j in self.sources]
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _append_outputs(model: nn.Module, store: list[torch.Tensor]) -> list[RemovableHandle]:
+    """Hooks that append each block's output to `store` as the model runs."""
+    return [blk.register_forward_hook(lambda m, a, out: store.append(out)) for blk in model.blocks]
+
+
+@dataclass
+class _Run:
+    """What the step, epoch and checkpoint functions of one `train` call share."""
+
+    config: TrainConfig
+    student: nn.Module
+    teacher: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int  # the same on every process
+    fingerprint: dict  # what a resumed run must match: settings, training set size, process count
+    work_dir: Path
+    device: str
+    amp: bool  # bf16 autocast, "auto" resolved
+    desc: str  # progress bar and message prefix
+    progress: bool
+    rank: int
+    world: int
+    model: nn.Module | None = None  # the student, wrapped for DDP under torchrun (after any resume)
+    hidden: _HiddenStates | None = None  # set when distilling hidden states
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch, resumed ones included
+    seconds_before: float = 0.0  # training time of the runs this one resumes
+    started: float = 0.0  # perf_counter() when this run's epochs began
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.work_dir / "checkpoint"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "log.jsonl"
 
 
 def train(
@@ -178,151 +200,193 @@ def train(
     evaluation when `keep="best"`.
     """
     use_feats = teacher is not None and config.kd.feature_weight > 0 and feature_sources is not None
-    if use_feats and (len(feature_sources) != len(student.blocks)
-                      or not all(0 <= j < len(teacher.blocks) for j in feature_sources)):
+    if use_feats:
+        _check_feature_sources(student, teacher, feature_sources)
+    run = _setup(student, teacher, len(train_set), config, Path(work_dir), device, desc, progress)
+    best = BestOnValidation(run.work_dir / "best") if config.keep == "best" and eval_loader is not None else None
+    start_epoch, start_step = _resume_or_start(run, best, resume, eval_loader, start_metrics)
+    run.model = ddp.wrap(student)
+    run.hidden = _HiddenStates(student, teacher, feature_sources) if use_feats else None
+    run.started = time.perf_counter()
+    samples = SeededSamples(train_set, config.seed)
+    try:
+        with StopRequest(should_stop) as stop:
+            for epoch in range(start_epoch, config.epochs):
+                first = start_step if epoch == start_epoch else 0
+                row, metrics = _train_epoch(run, samples, epoch, first, stop, eval_loader)
+                run.history.append(row)
+                if best is not None and metrics is not None:
+                    best.offer(student, epoch + 1, metrics["top1"], metrics["loss"])
+                _append_log(run, row)
+                _checkpoint(run, epoch + 1, 0)
+                if stop.asked(epoch + 1, 0):
+                    raise TrainingInterrupted(
+                        f"{desc}: stopped after epoch {epoch + 1}; checkpoint saved in {run.ckpt_dir}; "
+                        "rerun the same command with --resume to continue"
+                    )
+    finally:
+        if run.hidden is not None:
+            run.hidden.remove()
+    kept = _keep_best(run, best)
+    student.eval()
+    return TrainResult(history=run.history, seconds=_elapsed(run), kept_epoch=kept)
+
+
+def _check_feature_sources(student: nn.Module, teacher: nn.Module, feature_sources: list[int]) -> None:
+    if len(feature_sources) != len(student.blocks) or not all(0 <= j < len(teacher.blocks) for j in feature_sources):
         raise VitShrinkError(
             f"feature_sources {list(feature_sources)} must give, for each of the student's {len(student.blocks)} "
             f"blocks, a position among the teacher's {len(teacher.blocks)}; build it with feature_sources_for()"
         )
-    work_dir = Path(work_dir)
-    ckpt_dir, log_path = work_dir / "checkpoint", work_dir / "log.jsonl"
+
+
+def _setup(student: nn.Module, teacher: nn.Module | None, train_size: int, config: TrainConfig, work_dir: Path,
+           device: str, desc: str, progress: bool) -> _Run:
+    """Seed, move the models, build the optimizer and schedule: a run at epoch 0, step 0."""
     rank, world = ddp.rank(), ddp.world_size()
     torch.manual_seed(config.seed + rank)  # model randomness (dropout) differs across processes; data's is per sample
     student.to(device).train()
     for p in student.parameters():
         p.requires_grad_(True)
     if teacher is not None:
-        teacher.to(device).eval()  # frozen: only ever run under inference_mode below
-    decay, no_decay = [], []
-    for name, param in student.named_parameters():  # no decay on biases, norms, position embedding, tokens
-        decays = param.ndim > 1 and "pos_embed" not in name and "token" not in name
-        (decay if decays else no_decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    steps_per_epoch = math.ceil(samples_per_rank(len(train_set), world) / config.batch_size)  # same on every rank
+        teacher.to(device).eval()  # frozen: only ever run under inference_mode
+    steps_per_epoch = math.ceil(samples_per_rank(train_size, world) / config.batch_size)  # same on every rank
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch), config.min_lr / config.lr)
+    optimizer, scheduler = build_optimizer(
+        student, lr=config.lr, weight_decay=config.weight_decay, min_lr=config.min_lr,
+        warmup_steps=int(config.warmup_epochs * steps_per_epoch), total_steps=steps_per_epoch * config.epochs,
     )
     settings = {k: v for k, v in config.to_dict().items() if k != "num_workers"}  # any worker count resumes
-    fingerprint = {"config": settings, "train_size": len(train_set), "world_size": world}
-    start_epoch, start_step, history, seconds_before = 0, 0, [], 0.0
-    amp_device, amp = torch.device(device).type, resolve_amp(config.amp, device)
-    best = BestOnValidation(work_dir / "best") if config.keep == "best" and eval_loader is not None else None
-    if resume and has_checkpoint(ckpt_dir):
-        check_same(f"the checkpoint in {ckpt_dir}", read_state(ckpt_dir)["fingerprint"], fingerprint)
-        if best is not None and rank == 0 and best.meta() is None:
-            raise VitShrinkError(f"the checkpoint in {ckpt_dir} has no kept best weights beside it "
+    return _Run(
+        config=config, student=student, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
+        steps_per_epoch=steps_per_epoch,
+        fingerprint={"config": settings, "train_size": train_size, "world_size": world},
+        work_dir=work_dir, device=device, amp=resolve_amp(config.amp, device), desc=desc, progress=progress,
+        rank=rank, world=world,
+    )
+
+
+def _resume_or_start(run: _Run, best: BestOnValidation | None, resume: bool, eval_loader: DataLoader | None,
+                     start_metrics: dict | None) -> tuple[int, int]:
+    """The (epoch, step) to start from: the checkpoint's when resuming, else (0, 0) on a clean slate.
+
+    A fresh start deletes the earlier run's log and offers the starting weights (the cut) as the first
+    candidate for the kept student.
+    """
+    if resume and has_checkpoint(run.ckpt_dir):
+        check_same(f"the checkpoint in {run.ckpt_dir}", read_state(run.ckpt_dir)["fingerprint"], run.fingerprint)
+        if best is not None and run.rank == 0 and best.meta() is None:
+            raise VitShrinkError(f"the checkpoint in {run.ckpt_dir} has no kept best weights beside it "
                                  f"({best.folder}); rerun without --resume to start over")
-        state = load_checkpoint(ckpt_dir, student, optimizer, scheduler, rank=rank)
-        start_epoch, start_step = state["epoch"], state["step"]
-        history, seconds_before = state["history"], state["seconds"]
-    else:
-        if rank == 0 and log_path.exists():
-            log_path.unlink()
-        if best is not None and rank == 0:  # the starting weights (the cut) are the first candidate
-            best.clear()
-            m = start_metrics or evaluate(student, eval_loader, device=device, amp=amp)
-            best.offer(student, 0, m["top1"], m["loss"])
-    model = ddp.wrap(student)
-    s_feats, s_hooks = _block_outputs(student) if use_feats else ([], [])
-    t_feats, t_hooks = _block_outputs(teacher) if use_feats else ([], [])
-    started = time.perf_counter()
+        state = load_checkpoint(run.ckpt_dir, run.student, run.optimizer, run.scheduler, rank=run.rank)
+        run.history, run.seconds_before = state["history"], state["seconds"]
+        return state["epoch"], state["step"]
+    if run.rank == 0 and run.log_path.exists():
+        run.log_path.unlink()
+    if best is not None and run.rank == 0:
+        best.clear()
+        m = start_metrics or evaluate(run.student, eval_loader, device=run.device, amp=run.amp)
+        best.offer(run.student, 0, m["top1"], m["loss"])
+    return 0, 0
 
-    def checkpoint(epoch: int, step: int) -> None:
-        rng_states = ddp.gather(rng_state())  # every rank's: each resumes its own stream
-        if rank == 0:
-            elapsed = seconds_before + time.perf_counter() - started
-            save_checkpoint(
-                ckpt_dir, student, optimizer, scheduler,
-                {"epoch": epoch, "step": step, "history": history, "seconds": elapsed, "fingerprint": fingerprint},
-                rng_states,
+
+def _train_epoch(run: _Run, samples: SeededSamples, epoch: int, first: int, stop: StopRequest,
+                 eval_loader: DataLoader | None) -> tuple[dict, dict | None]:
+    """Steps `first`.. of `epoch`, then the evaluation (process 0); returns the log row and the metrics.
+
+    A stop asked before the epoch's last step saves a checkpoint at that step and raises TrainingInterrupted.
+    """
+    config = run.config
+    order = epoch_shard(len(samples), config.seed, epoch, run.rank, run.world)
+    order = order[: run.steps_per_epoch * config.batch_size]
+    # its own generator: creating the iterator must not draw from the global RNG, or a
+    # loader re-created mid-epoch on resume would shift the model's RNG stream (dropout)
+    loader = DataLoader(
+        samples, batch_size=config.batch_size, sampler=[(epoch, i) for i in order[first * config.batch_size :]],
+        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed + epoch),
+    )
+    bar = progress_bar(loader, total=run.steps_per_epoch - first, desc=f"{run.desc} {epoch + 1}/{config.epochs}",
+                       enabled=run.progress and run.rank == 0, dynamic_ncols=True)
+    loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+    run.model.train()
+    for step, (x, y) in enumerate(bar, start=first):
+        loss = _train_step(run, x, y)
+        loss_sum += loss.item() * len(y)
+        seen += len(y)
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
+                        img_s=f"{rate * run.world:.0f}")
+        if step + 1 != run.steps_per_epoch and stop.asked(epoch, step + 1):
+            _checkpoint(run, epoch, step + 1)
+            raise TrainingInterrupted(
+                f"{run.desc}: stopped at epoch {epoch + 1}, step {step + 1}; checkpoint saved in "
+                f"{run.ckpt_dir}; rerun the same command with --resume to continue"
             )
-        ddp.barrier()
+    bar.close()
+    train_seconds = time.perf_counter() - t0  # images/s of training alone, not the evaluation
+    metrics = None
+    if eval_loader and run.rank == 0:
+        metrics = evaluate(run.student, eval_loader, device=run.device, amp=run.amp)
+    row = _epoch_row(epoch, loss_sum, seen, t0, run.scheduler, metrics, train_seconds, run.world, run.amp)
+    return row, metrics
 
-    samples = SeededSamples(train_set, config.seed)
 
-    try:
-        with _StopFlag() as stop:
-            for epoch in range(start_epoch, config.epochs):
-                order = epoch_shard(len(train_set), config.seed, epoch, rank, world)
-                order = order[: steps_per_epoch * config.batch_size]
-                first = start_step if epoch == start_epoch else 0
-                # its own generator: creating the iterator must not draw from the global RNG, or a
-                # loader re-created mid-epoch on resume would shift the model's RNG stream (dropout)
-                loader = DataLoader(
-                    samples, batch_size=config.batch_size, sampler=[(epoch, i) for i in order[first * config.batch_size :]],
-                    num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed + epoch),
-                )
-                bar = progress_bar(loader, total=steps_per_epoch - first, desc=f"{desc} {epoch + 1}/{config.epochs}",
-                                   enabled=progress and rank == 0, dynamic_ncols=True)
-                loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-                model.train()
-                for step, (x, y) in enumerate(bar, start=first):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with torch.autocast(device_type=amp_device, dtype=torch.bfloat16, enabled=amp):
-                        s_feats.clear()
-                        t_feats.clear()
-                        logits = model(x)
-                        if teacher is None:
-                            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                        else:
-                            with torch.inference_mode():  # same autocast precision as the student
-                                t_logits = teacher(x)
-                            t_sel = [t_feats[j] for j in feature_sources] if use_feats else None
-                            loss = distillation_loss(logits, t_logits, y, config.kd, s_feats or None, t_sel)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += loss.item() * len(y)
-                    seen += len(y)
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                    img_s=f"{rate * world:.0f}")
-                    last_step = step + 1 == steps_per_epoch
-                    # any_rank: a stop seen by one process (Ctrl-C, should_stop) stops all at the same step
-                    if not last_step and ddp.any_rank(
-                        stop.requested or (should_stop is not None and should_stop(epoch, step + 1))
-                    ):
-                        checkpoint(epoch, step + 1)
-                        raise TrainingInterrupted(
-                            f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}; checkpoint saved in "
-                            f"{ckpt_dir}; rerun the same command with --resume to continue"
-                        )
-                bar.close()
-                train_seconds = time.perf_counter() - t0  # images/s of training alone, not the evaluation
-                metrics = evaluate(student, eval_loader, device=device, amp=amp) if eval_loader and rank == 0 else None
-                history.append(_epoch_row(epoch, loss_sum, seen, t0, scheduler, metrics, train_seconds, world, amp))
-                if best is not None and metrics is not None:
-                    best.offer(student, epoch + 1, metrics["top1"], metrics["loss"])
-                if rank == 0:
-                    log_path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(history[-1]) + "\n")
-                checkpoint(epoch + 1, 0)
-                if ddp.any_rank(stop.requested or (should_stop is not None and should_stop(epoch + 1, 0))):
-                    raise TrainingInterrupted(
-                        f"{desc}: stopped after epoch {epoch + 1}; checkpoint saved in {ckpt_dir}; "
-                        "rerun the same command with --resume to continue"
-                    )
-    finally:
-        for h in (*s_hooks, *t_hooks):
-            h.remove()
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the batch (x, y): forward, loss, backward, clip, step; returns the loss."""
+    config, teacher = run.config, run.teacher
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    with torch.autocast(device_type=torch.device(run.device).type, dtype=torch.bfloat16, enabled=run.amp):
+        if run.hidden is not None:
+            run.hidden.clear()
+        logits = run.model(x)
+        if teacher is None:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        else:
+            with torch.inference_mode():  # same autocast precision as the student
+                t_logits = teacher(x)
+            s_feats, t_feats = run.hidden.pairs() if run.hidden is not None else (None, None)
+            loss = distillation_loss(logits, t_logits, y, config.kd, s_feats, t_feats)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.student.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss
+
+
+def _checkpoint(run: _Run, epoch: int, step: int) -> None:
+    """Save the run to resume at (epoch, step): process 0 writes, every process's RNG state included."""
+    rng_states = ddp.gather(rng_state())  # every rank's: each resumes its own stream
+    if run.rank == 0:
+        state = {"epoch": epoch, "step": step, "history": run.history, "seconds": _elapsed(run),
+                 "fingerprint": run.fingerprint}
+        save_checkpoint(run.ckpt_dir, run.student, run.optimizer, run.scheduler, state, rng_states)
+    ddp.barrier()
+
+
+def _append_log(run: _Run, row: dict) -> None:
+    if run.rank == 0:
+        run.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(run.log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _keep_best(run: _Run, best: BestOnValidation | None) -> int:
+    """Load the kept weights into the student (keep="best"); return their epoch (0 = the starting weights)."""
     ddp.barrier()  # process 0 wrote the kept weights; every process loads the same
-    kept = config.epochs
-    if best is not None:
-        kept = best.meta()["epoch"]
-        if kept != config.epochs:
-            best.restore(student)
-    student.eval()
-    return TrainResult(history=history, seconds=seconds_before + time.perf_counter() - started, kept_epoch=kept)
+    if best is None:
+        return run.config.epochs
+    kept = best.meta()["epoch"]
+    if kept != run.config.epochs:
+        best.restore(run.student)
+    return kept
+
+
+def _elapsed(run: _Run) -> float:
+    """Training seconds so far, resumed runs included."""
+    return run.seconds_before + time.perf_counter() - run.started
 
 
 def _epoch_row(epoch: int, loss_sum: float, seen: int, t0: float, scheduler, metrics: dict | None,

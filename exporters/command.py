@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.exporters.api import ExportConfig, export
 from vitshrink.exporters.config import TARGETS
 from vitshrink.exporters.onnx_export import DEFAULT_OPSET
@@ -19,7 +19,7 @@ _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 _POSITIVE = click.IntRange(min=1)
 
 
-@click.command("export")
+@click.command("export", cls=VitShrinkCommand)
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
     "--target", type=click.Choice(TARGETS), default="onnx", show_default=True, help="What to produce."
@@ -94,8 +94,5 @@ def export_command(artifact: Path, **options) -> None:
     Writes model.onnx (+ model.fp16.onnx / model.int8.onnx / the engine or build_engine.sh) and
     export.json into the folder, only after the files pass onnx.checker and match PyTorch.
     """
-    try:
-        report = export(artifact, ExportConfig(**options))
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    report = export(artifact, ExportConfig(**options))
     click.echo(report.summary())

@@ -14,8 +14,17 @@ from vitshrink.compressor.loading import load_model
 from vitshrink.compressor.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The tiny ViT the tests build on (helpers and tests override single fields: `{**TINY_ARGS, "depth": 2}`):
+# 16x16 images in 4x4 patches (17 tokens), embed 64 = 4 heads x 16, MLP 256, 3 blocks, 10 classes
 TINY_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
-TINY_CFG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def tiny_cfg(img_size: int) -> dict:
+    """`pretrained_cfg_overlay` for a tiny ViT: its own input size (timm keeps the architecture's 224 otherwise)."""
+    return {"input_size": (3, img_size, img_size), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+TINY_CFG = tiny_cfg(TINY_ARGS["img_size"])
 
 
 def tiny_vit(**overrides) -> torch.nn.Module:

@@ -10,15 +10,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from tests.conftest import TINY_ARGS, tiny_cfg
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.loaded import LoadedModel
 from vitshrink.compressor.loading import load_model
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
-TINY_ARGS = {
-    "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10,
-    "pretrained_cfg_overlay": {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
-}
+MODEL_ARGS = {**TINY_ARGS, "img_size": 32, "patch_size": 8, "depth": 2, "pretrained_cfg_overlay": tiny_cfg(32)}
 PLAN = PrunePlan(
     keep_heads={0: (0, 2), 1: (1, 3)},
     keep_neurons={0: tuple(range(0, 256, 2)), 1: tuple(range(128))},
@@ -26,7 +24,7 @@ PLAN = PrunePlan(
 
 
 def tiny_teacher() -> LoadedModel:
-    return load_model("vit_tiny_patch16_224", model_args=dict(TINY_ARGS))
+    return load_model("vit_tiny_patch16_224", model_args=dict(MODEL_ARGS))
 
 
 def tiny_pair(folder: Path) -> tuple[Path, Path]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
 
 from vitshrink.cli import main
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.errors import BudgetError
 
 
 @pytest.fixture
@@ -56,6 +59,8 @@ def test_width_only_lands_on_target(teacher_dir, tmp_path):
         (["--reduce", "flops=1.2"], "(0, 1)"),
         (["--reduce", "speed=0.3"], "unknown budget metric"),
         (["--stages", "width,foo"], "unknown stages"),
+        (["--stages", "width,width"], "width may appear once; for iterative width pruning give the number of steps"),
+        (["--width-steps", "0"], "0 is not in the range x>=1"),
         (["--dataset", "imagefolder", "--data-dir", "/nonexistent", "--model", "vit_tiny_patch16_224"], "does not exist"),
     ],
 )
@@ -82,6 +87,21 @@ def test_depth_that_cannot_fit_is_refused_before_any_work(teacher_dir, tmp_path)
                                        "--stages", "width,depth", "--calib-batches", "1", "--out", str(tmp_path / "o"), "--no-progress"])
     assert result.exit_code == 1
     assert "one block is" in result.output and "--stages width" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_command_reports_errors_through_the_one_wrapper(name):
+    assert isinstance(main.commands[name], VitShrinkCommand), f"{name}: declare it with cls=VitShrinkCommand"
+
+
+def test_the_wrapper_turns_a_vitshrink_error_into_one_line_and_exit_1():
+    @click.command(cls=VitShrinkCommand)
+    def failing() -> None:
+        raise BudgetError("what came in, what was expected, what to do")
+
+    result = CliRunner().invoke(failing, [])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output == "Error: what came in, what was expected, what to do\n"
 
 
 def test_help_lists_every_command():

@@ -1,6 +1,10 @@
-"""The width/depth split: --depth-share and --depth-blocks decide how many blocks go, before any work."""
+"""The budget split across stages, decided before any work: --depth-share and --depth-blocks decide how many
+blocks go, --width-steps over how many width stages the rest is spread."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import pytest
 import torch
@@ -33,12 +37,12 @@ def _data() -> CompressData:
                         eval_loader=DataLoader(images, batch_size=64))
 
 
-def _compress(teacher, tmp_path, name: str, **config):
+def _compress(teacher, tmp_path, name: str, resume: bool = False, **config):
     lines: list[str] = []
     config = CompressConfig(**{"budget": Budget("flops", 0.5), "stages": ("width", "depth"), "calib_batches": 2,
                                "train": TrainConfig(epochs=0), **config})
-    report = run_compress(teacher, _data(), config, tmp_path / name, tmp_path / f"{name}.work", progress=False,
-                          log=lines.append)
+    report = run_compress(teacher, _data(), config, tmp_path / name, tmp_path / f"{name}.work", resume=resume,
+                          progress=False, log=lines.append)
     return report, "\n".join(lines)
 
 
@@ -121,3 +125,41 @@ def test_one_block_model_on_the_command_line(tmp_path):
     assert isinstance(result.exception, SystemExit)  # a clean exit, not an uncaught exception
     assert "the model has one block; depth pruning needs at least two" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("stages", [("width",), ("width", "depth")])
+@pytest.mark.parametrize("width_steps", [1, 2])
+def test_width_steps_are_numbered_stages_that_share_the_width_target(tmp_path, stages, width_steps):
+    """N width steps: stages 1..N are width (stageK-width), each cutting 1/N of the width part more; the records
+    read as they did when the steps were written out in `stages` (one "width" per step), and they resume."""
+    teacher = _teacher(depth=4)
+    report, _ = _compress(teacher, tmp_path, "run", stages=stages, width_steps=width_steps)
+    names = ["width"] * width_steps + (["depth"] if "depth" in stages else [])
+    assert [s.name for s in report.stages] == names
+    assert sorted(p.name for p in (tmp_path / "run.work").glob("stage*")) == [
+        f"stage{i}-{name}" for i, name in enumerate(names, start=1)]
+    widths = [s.reduction_flops for s in report.stages if s.name == "width"]
+    for k, reduction in enumerate(widths, start=1):  # step k removes k/N of what the width steps remove
+        assert abs(reduction - widths[-1] * k / width_steps) < 0.02, widths
+    assert 0.5 <= report.final.reduction_flops <= 0.51
+    config = json.loads((tmp_path / "run" / "compression.json").read_text())["config"]
+    assert config["stages"] == names and "width_steps" not in config
+    again, log = _compress(teacher, tmp_path, "run", stages=stages, width_steps=width_steps, resume=True)
+    assert [s.to_dict() for s in again.stages] == [s.to_dict() for s in report.stages]
+    assert log.count("finished earlier") == len(names)
+
+
+def test_default_is_one_width_step():
+    config = CompressConfig(Budget("flops", 0.3))
+    assert config.width_steps == 1 and config.run_stages == ("width",)
+    assert CompressConfig(Budget("flops", 0.3), stages=("depth",), width_steps=3).run_stages == ("depth",)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"width_steps": 0}, "width_steps (--width-steps) must be a whole number >= 1, got 0"),
+    ({"width_steps": 1.5}, "width_steps (--width-steps) must be a whole number >= 1, got 1.5"),
+    ({"stages": ("width", "width")}, "width may appear once; for iterative width pruning give the number of steps"),
+])
+def test_width_steps_below_one_and_repeated_width_stages_are_refused(settings, message):
+    with pytest.raises(BudgetError, match=re.escape(message)):
+        CompressConfig(Budget("flops", 0.3), **settings)

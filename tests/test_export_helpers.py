@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
+from tests.conftest import TINY_ARGS, tiny_cfg
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.loaded import LoadedModel
 from vitshrink.compressor.loading import load_model
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
-# embed 64 = 4 heads x 16; depth 3; 32x32 images in 4x4 patches (65 tokens); MLP 256 wide
-TINY_ARGS = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
-TINY_CFG = {"input_size": (3, 32, 32)}
+# the shared tiny ViT at 32x32 (4x4 patches: 65 tokens); embed 64 = 4 heads x 16; depth 3; MLP 256 wide
+MODEL_ARGS = {**TINY_ARGS, "img_size": 32}
 PLAN = PrunePlan(
     keep_heads={0: (0, 2, 3), 2: (1,)},  # 3 heads, (block 1 removed), 1 head
     keep_neurons={0: tuple(range(0, 256, 2)), 2: tuple(range(40))},  # MLP 128, (removed), 40
@@ -45,7 +45,7 @@ def synthetic_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _trained_pruned_vit() -> LoadedModel:
     torch.manual_seed(0)
     # the overlay gives the 32x32 model a 32x32 data config (timm keeps the architecture's 224 otherwise)
-    loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
+    loaded = load_model("vit_tiny_patch16_224", model_args={**MODEL_ARGS, "pretrained_cfg_overlay": tiny_cfg(32)})
     spec = apply_plan(loaded.model, loaded.spec, PLAN)
     model = loaded.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)

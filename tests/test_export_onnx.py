@@ -10,7 +10,7 @@ import onnx
 import pytest
 import timm
 import torch
-from test_export_helpers import PRUNED_WIDTHS, TINY_ARGS, synthetic_images, tiny_artifact, tiny_pruned_vit
+from test_export_helpers import MODEL_ARGS, PRUNED_WIDTHS, synthetic_images, tiny_artifact, tiny_pruned_vit
 
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.exporters.api import ExportConfig, export
@@ -87,7 +87,7 @@ def test_static_batch_graph_has_fixed_shapes(tmp_path):
 def test_weight_count_tolerates_merged_constants_but_catches_a_wider_graph(tmp_path):
     """An untrained timm ViT has identical LayerNorm weights and a zero head bias, which optimizers merge or drop."""
     torch.manual_seed(0)
-    fresh = timm.create_model("vit_tiny_patch16_224", **TINY_ARGS)
+    fresh = timm.create_model("vit_tiny_patch16_224", **MODEL_ARGS)
     io = IOSpec((3, 32, 32), 10)
     export_onnx(fresh.eval(), io, tmp_path / "fresh.onnx", dynamo=True, opset=17, simplify=True)
     stats = check_graph(tmp_path / "fresh.onnx", io, 17)

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import vitshrink
+from tests.conftest import tiny_vit
 from vitshrink.compressor.errors import ModelSourceError
 from vitshrink.compressor.flops import count_macs
 
@@ -53,15 +53,9 @@ def test_every_public_name_resolves():
         assert getattr(vitshrink, name).__doc__, f"vitshrink.{name} has no docstring"
 
 
-def _tiny_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4,
-                             num_classes=10).eval()
-
-
 def test_score_plan_cut_save_load_by_hand(tmp_path):
     """A loop of one's own from the public names alone, checked against the unpruned model's outputs."""
-    model = _tiny_vit()
+    model = tiny_vit(depth=2)
     data = TensorDataset(torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,)))
     teacher = vitshrink.wrap(model)
     assert teacher.name == "vit_tiny_patch16_224" and teacher.model_args["depth"] == 2
@@ -83,7 +77,7 @@ def test_score_plan_cut_save_load_by_hand(tmp_path):
 
 
 def test_wrap_refuses_arguments_that_do_not_rebuild_the_model():
-    model = _tiny_vit()
+    model = tiny_vit(depth=2)
     with pytest.raises(ModelSourceError, match="does not rebuild this model.*pass model_args="):
         vitshrink.wrap(model, model_args={"img_size": 16, "patch_size": 4, "depth": 2, "num_classes": 10})
 
@@ -94,6 +88,6 @@ def test_compress_takes_reduce_or_a_config_not_both(tmp_path):
 
     data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))), batch_size=4)
     with pytest.raises(vitshrink.VitShrinkError, match="not both"):
-        vitshrink.compress(_tiny_vit(), data, data, reduce="flops=0.2", out=tmp_path / "s",
+        vitshrink.compress(tiny_vit(depth=2), data, data, reduce="flops=0.2", out=tmp_path / "s",
                            config=CompressConfig(budget=Budget("flops", 0.2)))
     assert not (tmp_path / "s").exists()

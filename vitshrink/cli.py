@@ -8,6 +8,7 @@ import click
 
 from vitshrink.benchmarks.command import bench_command, gate_command, profile_command
 from vitshrink.benchmarks.latency_profile import TARGETS as LATENCY_TARGETS
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import AUGMENTS
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.importance import CRITERIA
@@ -23,16 +24,6 @@ from vitshrink.exporters.command import export_command
 DATASET_NAMES = ["digits", "cifar10", "cifar100", "imagefolder", "tiny-imagenet"]
 
 
-class VitShrinkCommand(click.Command):
-    """Turns every VitShrinkError into one clean line and exit code 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except VitShrinkError as e:
-            raise click.ClickException(str(e)) from e
-
-
 def _budget(ctx, param, value: str) -> Budget:
     try:
         return Budget.parse(value)
@@ -41,18 +32,12 @@ def _budget(ctx, param, value: str) -> Budget:
 
 
 def _model_args(ctx, param, values: tuple[str, ...]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: write it as key=value, e.g. img_size=32")
-        try:
-            import ast
+    from vitshrink.compressor.loading import parse_model_args
 
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
+    try:
+        return parse_model_args(values)
+    except VitShrinkError as e:
+        raise click.BadParameter(str(e)) from e
 
 
 def _val_split(ctx, param, value: str | None) -> float | int | None:
@@ -145,13 +130,11 @@ def _data_options(kw: dict):
 
 def compress_config(kw: dict) -> CompressConfig:
     """The `compress` options (click's parsed values) as one config object."""
-    stages = [s.strip() for s in kw["stages"].split(",") if s.strip()]
-    if "width" in stages and kw["width_steps"] > 1:
-        i = stages.index("width")
-        stages[i : i + 1] = ["width"] * kw["width_steps"]
+    stages = tuple(s.strip() for s in kw["stages"].split(",") if s.strip())
     try:
         return CompressConfig(
-            budget=kw["budget"], stages=tuple(stages), depth_share=kw["depth_share"], depth_blocks=kw["depth_blocks"],
+            budget=kw["budget"], stages=stages, width_steps=kw["width_steps"], depth_share=kw["depth_share"],
+            depth_blocks=kw["depth_blocks"],
             criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
             train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),

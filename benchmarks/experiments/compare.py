@@ -80,8 +80,9 @@ class CompareConfig:
             raise CompareError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise CompareError(f"seeds must be a non-empty list without repeats, got {list(self.seeds)}")
-        if tuple(self.paper.stages) != ("width", "depth"):
-            raise CompareError(f"the reference method runs width then depth, got stages {self.paper.stages}")
+        if self.paper.stage_sequence != ("width", "depth"):
+            raise CompareError("the reference method runs width then depth, one step each, got stages "
+                               f"{self.paper.stage_sequence}")
 
     @property
     def results(self) -> Path:
@@ -100,7 +101,7 @@ class CompareConfig:
             "methods": list(self.methods), "seeds": list(self.seeds), "latency": self.latency.to_dict(),
             "eval_batch": self.eval_batch, "out_dir": str(self.out_dir), "results_dir": str(self.results),
             "resume": self.resume,
-            "total_distill_epochs": self.paper.train.epochs * len(self.paper.stages),
+            "total_distill_epochs": self.paper.train.epochs * len(self.paper.stage_sequence),
         }
 
     def fingerprint(self) -> str:

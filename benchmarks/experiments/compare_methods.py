@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from vitshrink.benchmarks.experiments.methods import METHODS
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import DATASETS
 from vitshrink.compressor.errors import VitShrinkError
 
@@ -48,7 +49,7 @@ def _budget(ctx, param, value: str):
         raise click.BadParameter(str(e)) from e
 
 
-@click.command("compare")
+@click.command("compare", cls=VitShrinkCommand)
 @click.option("--teacher", default=DEFAULT_TEACHER, show_default=True,
               help="Teacher: timm folder, vitshrink artifact or timm name.")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="imagefolder", show_default=True)
@@ -106,22 +107,19 @@ def main(**kw) -> None:
     timing = (TimingPolicy(warmup_iters=2, warmup_s=0.0, min_iters=10, min_time_s=0.0, max_time_s=5.0)
               if kw["quick"] else TimingPolicy())
     command = _command_line(kw, opt, data_dir)
-    try:
-        train = TrainConfig(epochs=opt["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], amp=kw["amp"],
-                            max_steps_per_epoch=opt["max_steps_per_epoch"])
-        config = CompareConfig(
-            teacher=kw["teacher"],
-            paper=CompressConfig(budget=kw["budget"], stages=("width", "depth"), calib_batches=opt["calib_batches"],
-                                 train=train),  # the reference method: the paper's order
-            data=DataOptions(dataset=kw["dataset"], data_dir=data_dir, train_limit=opt["train_limit"],
-                             eval_limit=opt["eval_limit"], val_split=_val_split(kw["val_split"])),
-            methods=kw["methods"], seeds=kw["seeds"],
-            latency=LatencyOptions(threads=kw["threads"], batch_sizes=kw["latency_batches"], timing=timing),
-            out_dir=kw["out"], results_dir=kw["results"], resume=kw["resume"], progress=kw["progress"], command=command,
-        )
-        result = run_compare(config, log=click.echo)
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    train = TrainConfig(epochs=opt["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], amp=kw["amp"],
+                        max_steps_per_epoch=opt["max_steps_per_epoch"])
+    config = CompareConfig(
+        teacher=kw["teacher"],
+        paper=CompressConfig(budget=kw["budget"], stages=("width", "depth"), calib_batches=opt["calib_batches"],
+                             train=train),  # the reference method: the paper's order
+        data=DataOptions(dataset=kw["dataset"], data_dir=data_dir, train_limit=opt["train_limit"],
+                         eval_limit=opt["eval_limit"], val_split=_val_split(kw["val_split"])),
+        methods=kw["methods"], seeds=kw["seeds"],
+        latency=LatencyOptions(threads=kw["threads"], batch_sizes=kw["latency_batches"], timing=timing),
+        out_dir=kw["out"], results_dir=kw["results"], resume=kw["resume"], progress=kw["progress"], command=command,
+    )
+    result = run_compare(config, log=click.echo)
     header, rows = summary_rows(result)
     click.echo("\n" + format_table(rows, header))
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from vitshrink.benchmarks.stats import speedup
 from vitshrink.benchmarks.timing import Timer, TimingPolicy, measure
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import score
@@ -161,7 +162,7 @@ def format_rows(result: dict) -> str:
     return "\n".join([*lines, verdict])
 
 
-@click.command()
+@click.command(cls=VitShrinkCommand)
 @click.option("--model", required=True, help="Teacher: timm name, timm folder or vitshrink artifact.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--steps", type=click.IntRange(min=2), default=20, show_default=True, help="Timed steps of each kind.")
@@ -178,10 +179,7 @@ def main(model: str, batch_size: int, steps: int, warmup: int, reduce: float, am
     """Time plain training steps against distillation steps (student + teacher forward)."""
     config = CostConfig(model=model, batch_size=batch_size, steps=steps, warmup=warmup, reduce=reduce,
                         amp=amp_option(amp), device=device)
-    try:
-        result = run_cost(config, log=click.echo)
-    except VitShrinkError as e:
-        raise click.ClickException(str(e)) from e
+    result = run_cost(config, log=click.echo)
     click.echo(format_rows(result))
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n")

@@ -52,7 +52,7 @@ class MethodContext:
     @property
     def total_epochs(self) -> int:
         """The distillation budget of every method: the paper's epochs per stage times its stages."""
-        return self.paper.train.epochs * len(self.paper.stages)
+        return self.paper.train.epochs * len(self.paper.stage_sequence)
 
     def train_config(self, epochs: int) -> TrainConfig:
         return dataclasses.replace(self.paper.train, epochs=epochs)

@@ -24,6 +24,7 @@ import numpy as np
 from vitshrink.benchmarks.experiments.compare import REFERENCE_METHOD, paired
 from vitshrink.benchmarks.experiments.compare_report import paired_markdown
 from vitshrink.benchmarks.experiments.paired import pack_correct, unpack_correct
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.artifact import load_artifact
 from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.data import build_dataset, build_loader
@@ -47,7 +48,7 @@ def table(results: dict) -> str:
     return "\n".join([*head, *paired_markdown({"paired": paired(rows, REFERENCE_METHOD)})])
 
 
-@click.command()
+@click.command(cls=VitShrinkCommand)
 @click.option("--work", type=click.Path(exists=True, file_okay=False, path_type=Path), help="A comparison's work folder.")
 @click.option("--teacher", default=None, help="Teacher (folder or artifact) to evaluate on the same images too.")
 @click.option("--dataset", default="imagefolder", show_default=True)

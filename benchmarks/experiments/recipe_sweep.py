@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (this file is benchmarks/experiments/)
@@ -78,7 +79,7 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(cls=VitShrinkCommand)
 @click.option("--model", default=str(ROOT.parent / "shared" / "models" / "cifar10-vit"), show_default=True)
 @click.option("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "cifar10"), show_default=True)
 @click.option("--sweep", type=click.Choice(sorted(SWEEPS)), default="width", show_default=True)

@@ -15,12 +15,13 @@ import click
 import numpy as np
 from scipy.stats import spearmanr
 
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import build_dataset, build_loader
 from vitshrink.compressor.importance import calibration_batches, score
 from vitshrink.compressor.loading import load_model
 
 
-@click.command()
+@click.command(cls=VitShrinkCommand)
 @click.option("--model", required=True)
 @click.option("--dataset", default="imagefolder", show_default=True)
 @click.option("--data-dir", default=None)

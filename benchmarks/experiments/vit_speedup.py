@@ -30,6 +30,7 @@ import torch
 from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
 from vitshrink.benchmarks.stats import latency_stats, speedup
 from vitshrink.benchmarks.timing import TimingPolicy, measure
+from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.loaded import LoadedModel
 from vitshrink.compressor.loading import load_model
@@ -186,7 +187,7 @@ def table(rows: list[dict]) -> str:
     return format_table(body, header)
 
 
-@click.command()
+@click.command(cls=VitShrinkCommand)
 @click.option("--model", "model_name", default="vit_small_patch16_224", show_default=True,
               help="timm name (random weights) or model folder.")
 @click.option("--variants", default=",".join(VARIANTS), show_default=True,

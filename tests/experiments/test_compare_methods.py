@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.benchmarks.experiments.compare import SCHEMA, row_path, summarize
 from vitshrink.benchmarks.experiments.compare_methods import main
 from vitshrink.benchmarks.experiments.compare_report import (
@@ -36,8 +37,7 @@ TINY = ("--dataset", "digits", "--quick", "--reduce", f"flops={TARGET}", "--trai
         "--batch-size", "64", "--max-steps-per-epoch", "2", "--calib-batches", "1", "--latency-batches", "1,4")
 # 4 blocks (each under 30% of the MACs, so depth pruning fits the budget) of 8 heads of 8: one head is
 # about 1% of the MACs, so the planners' last unit cannot overshoot the target by much more than 1 point
-TEACHER_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 8, "num_classes": 10}
-TEACHER_CFG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+TEACHER_ARGS = {**TINY_ARGS, "depth": 4, "num_heads": 8}
 
 
 def _run(*args):
@@ -48,7 +48,7 @@ def _run(*args):
 def teacher(tmp_path_factory):
     """A small ViT trained on digits from a fixed initialisation (the same teacher every run)."""
     torch.manual_seed(0)
-    loaded = load_model("vit_tiny_patch16_224", model_args={**TEACHER_ARGS, "pretrained_cfg_overlay": TEACHER_CFG})
+    loaded = load_model("vit_tiny_patch16_224", model_args={**TEACHER_ARGS, "pretrained_cfg_overlay": TINY_CFG})
     train_set = build_dataset("digits", None, "train", loaded.data_config)
     config = TrainConfig(epochs=4, batch_size=64, lr=3e-3, warmup_epochs=1, seed=0)
     train(loaded.model, train_set, None, config, tmp_path_factory.mktemp("teacher-train"), progress=False)
