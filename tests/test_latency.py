@@ -263,11 +263,13 @@ def test_latency_options_with_a_flops_budget_are_refused(tiny_teacher_dir, tmp_p
 
 def test_the_paper_order_plans_both_stages_on_the_table(tiny_teacher_dir, tmp_path):
     """width -> depth on a latency budget: the split, the blocks and the top-up all use the table."""
-    table = dataclasses.replace(_staircase_table(), key=table_key(tiny_vit(), "ort-cpu", 1, 1))
+    widths = tuple(range(0, 257, 8))  # a smooth table, so that the top-up has fine steps to land with
+    table = LatencyTable(table_key(tiny_vit(), "ort-cpu", 1, 1), attention=(0.0, 0.06, 0.12, 0.18, 0.24),
+                         mlp_widths=widths, mlp_ms=tuple(0.001 * w for w in widths), fixed=0.05)
     table.save(tmp_path / "lut.json")
     out = tmp_path / "student"
     result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "latency=0.5", "--stages", "width,depth",
-                  "--latency-table", tmp_path / "lut.json", "--target-threads", "1", "--round-to", "32",
+                  "--latency-table", tmp_path / "lut.json", "--target-threads", "1", "--round-to", "8",
                   "--epochs", "0", "--calib-batches", "2", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "budget split (latency -50.0%)" in result.output and "depth plan: remove blocks" in result.output
