@@ -1,6 +1,6 @@
 """Run the vitshrink command line from a checkout: `python cli.py compress ...` (same as `vitshrink ...`).
 
-The commands live in vitshrink/cli.py; this file only starts them, so torchrun can launch it too.
+The group is vitshrink/cli.py, the commands are each package's command.py; this file only starts them, so torchrun can launch it too.
 """
 
 from vitshrink.cli import main

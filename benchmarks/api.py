@@ -39,7 +39,7 @@ from vitshrink.benchmarks.runtimes import (
 )
 from vitshrink.benchmarks.stats import latency_stats, speedup
 from vitshrink.benchmarks.timing import TimingPolicy, measure
-from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.progress import progress_bar
 
 AUTO_BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "tensorrt")  # what "auto" tries, in order
@@ -203,7 +203,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
 
 def _load_models(config: BenchConfig, notes: list[str], log: Callable[[str], None],
                  teacher: LoadedModel | None = None) -> dict[str, _Model]:
-    from vitshrink.compressor.loading import load_model
+    from vitshrink.compressor.model_loading import load_model
 
     student = load_model(config.student)
     sources = {"student": config.student}

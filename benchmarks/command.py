@@ -189,7 +189,7 @@ def profile_command(model: str, model_args: tuple[str, ...], target: str, batch_
     import torch
 
     from vitshrink.benchmarks.latency_profile import profile
-    from vitshrink.compressor.loading import load_model, parse_model_args
+    from vitshrink.compressor.model_loading import load_model, parse_model_args
 
     loaded = load_model(model, model_args=parse_model_args(model_args) or None)
     table = profile(loaded.model, target, batch=batch_size, threads=threads or torch.get_num_threads(),

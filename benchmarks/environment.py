@@ -16,7 +16,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from vitshrink.exporters.sidecar import library_versions as export_versions
+from vitshrink.exporters.provenance import library_versions as export_versions
 
 EXTRA_LIBRARIES = ("onnxruntime-gpu", "tensorrt", "fvcore")  # beyond those export.json records
 FINGERPRINT_KEYS = ("cpu", "logical_cpus", "threads", "gpu", "power_mode", "board", "versions")

@@ -42,7 +42,9 @@ def probe(request: dict) -> dict:
 
         torch.set_num_threads(int(request["threads"]))
     if entry.needs == "model":
-        from vitshrink.compressor.loading import load_model  # timm and torchvision: counted in the baseline
+        from vitshrink.compressor.model_loading import (
+            load_model,  # timm and torchvision: counted in the baseline
+        )
     if entry.needs == "onnx":
         import onnxruntime  # noqa: F401  (counted in the baseline, like torch for torch backends)
     baseline = peak_rss_bytes()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitshrink.compressor.artifact import WEIGHTS_FILE
-from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.exporters.layout import ONNX_FILES, engine_file
 
 

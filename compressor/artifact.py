@@ -21,7 +21,7 @@ from torch import nn
 
 from vitshrink.compressor.atomic import atomic_dir
 from vitshrink.compressor.errors import ArtifactError
-from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.reading import read_json, read_safetensors
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import reshape_to_spec

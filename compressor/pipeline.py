@@ -22,7 +22,7 @@ from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
 from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
 from vitshrink.compressor.latency_table import LatencyTable
-from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.plan_file import check_plan, write_plan
 from vitshrink.compressor.planner import (
     TOLERANCE,
@@ -226,7 +226,7 @@ def run_compress(
             continue
         if resume and is_artifact(stage_dir / "artifact"):
             current = load_artifact(stage_dir / "artifact")
-            # teacher and data were checked against the work folder's run.json (jobs.compress); here the settings
+            # teacher and data were checked against the work folder's run.json (api.compress); here the settings
             check_same(f"the stage artifact {stage_dir / 'artifact'}", current.compression.get("config") or {},
                        config.to_dict())
             current.model.to(device)

@@ -14,7 +14,7 @@ from torch import nn
 from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.families import cut_heads, cut_neurons, head_dim, mlp_hidden
 from vitshrink.compressor.spec import ArchSpec, BlockSpec
-from vitshrink.compressor.support import check_supported
+from vitshrink.compressor.supported_models import check_supported
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import numpy as np
 from torch import nn
 
 from vitshrink.compressor.data import build_dataset
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.exporters import tensorrt_build
 from vitshrink.exporters.config import ExportConfig
 from vitshrink.exporters.errors import ExportError, TensorRTUnavailableError
@@ -34,8 +34,8 @@ from vitshrink.exporters.layout import (
     TIMING_CACHE,
 )
 from vitshrink.exporters.onnx_export import export_onnx, external_data_file
+from vitshrink.exporters.provenance import sha256_file
 from vitshrink.exporters.report import FORMAT_VERSION, ExportReport
-from vitshrink.exporters.sidecar import sha256_file
 from vitshrink.exporters.trtexec import EngineProfile, build_script, trtexec_commands
 from vitshrink.exporters.validate import (
     CHUNK,

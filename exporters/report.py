@@ -9,7 +9,7 @@ from vitshrink.exporters.config import ExportConfig
 from vitshrink.exporters.io_spec import IOSpec
 from vitshrink.exporters.layout import BUILD_SCRIPT
 from vitshrink.exporters.onnx_export import exporter_name
-from vitshrink.exporters.sidecar import library_versions
+from vitshrink.exporters.provenance import library_versions
 from vitshrink.exporters.validate import ValidationReport
 
 FORMAT_VERSION = 1  # of export.json and engine.json

@@ -10,7 +10,7 @@ import timm
 import torch
 
 from vitshrink.compressor.data import build_dataset, build_loader
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

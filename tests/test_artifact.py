@@ -17,7 +17,7 @@ from vitshrink.compressor.errors import (
     UnreadableFileError,
     UnsupportedModelError,
 )
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 

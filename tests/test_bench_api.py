@@ -16,7 +16,7 @@ from vitshrink.benchmarks.model_files import onnx_file
 from vitshrink.benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG, SCHEMA, read_bench_json
 from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.compressor.flops import count_macs, count_params
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 
 QUICK = TimingPolicy(warmup_iters=1, warmup_s=0.0, min_iters=3, min_time_s=0.0, max_time_s=5.0)
 

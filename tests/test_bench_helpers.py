@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tests.conftest import TINY_ARGS, tiny_cfg
 from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 MODEL_ARGS = {**TINY_ARGS, "img_size": 32, "patch_size": 8, "depth": 2, "pretrained_cfg_overlay": tiny_cfg(32)}

@@ -13,7 +13,7 @@ from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.cli import main
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.errors import UnreadableFileError
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.reading import read_json, read_safetensors, read_torch_weights
 
 

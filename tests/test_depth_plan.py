@@ -17,7 +17,7 @@ from vitshrink.compressor import importance
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.flops import block_macs_of, count_macs, num_tokens
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.pipeline import CompressConfig, CompressData, run_compress
 from vitshrink.compressor.planner import Budget
 from vitshrink.compressor.train import TrainConfig

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vitshrink.compressor.api import CompressJob, DataOptions, compress
 from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.data import build_dataset
 from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.jobs import CompressJob, DataOptions, compress
 from vitshrink.compressor.kd_loss import KDWeights, distillation_loss, kd_loss
 from vitshrink.compressor.pipeline import CompressConfig
 from vitshrink.compressor.planner import Budget

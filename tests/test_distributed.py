@@ -121,19 +121,19 @@ def _resume(rank: int, world: int, out: Path) -> None:
 
 
 def _default_teacher(rank: int, world: int, out: Path) -> None:
-    from vitshrink.compressor import jobs
+    from vitshrink.compressor import api as compressor_api
 
-    jobs.DEFAULT_TEACHER_DIR = out / "digits-teacher"
-    jobs.DEFAULT_TEACHER_ARGS = {**jobs.DEFAULT_TEACHER_ARGS, "embed_dim": 32, "depth": 2, "num_heads": 2}
-    jobs.DEFAULT_TEACHER_TRAIN = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=2)
-    save = jobs.save_artifact
+    compressor_api.DEFAULT_TEACHER_DIR = out / "digits-teacher"
+    compressor_api.DEFAULT_TEACHER_ARGS = {**compressor_api.DEFAULT_TEACHER_ARGS, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    compressor_api.DEFAULT_TEACHER_TRAIN = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=2)
+    save = compressor_api.save_artifact
 
     def slow_save(*args, **kwargs):  # rank 0 writes late: a rank that does not wait for it finds no teacher
         time.sleep(3)
         return save(*args, **kwargs)
 
-    jobs.save_artifact = slow_save
-    teacher = jobs.default_teacher(log=lambda *a, **k: None, progress=False)
+    compressor_api.save_artifact = slow_save
+    teacher = compressor_api.default_teacher(log=lambda *a, **k: None, progress=False)
     (out / f"rank{rank}.json").write_text(json.dumps(teacher.spec.to_dict()))
 
 

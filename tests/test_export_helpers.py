@@ -18,8 +18,8 @@ import torch
 
 from tests.conftest import TINY_ARGS, tiny_cfg
 from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 # the shared tiny ViT at 32x32 (4x4 patches: 65 tokens); embed 64 = 4 heads x 16; depth 3; MLP 256 wide

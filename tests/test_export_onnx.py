@@ -24,7 +24,7 @@ from vitshrink.exporters.graph_checks import (
 from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
 from vitshrink.exporters.layout import EXPORT_JSON, FP16_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE
 from vitshrink.exporters.onnx_export import MAX_OPSET, export_onnx
-from vitshrink.exporters.sidecar import sha256_file
+from vitshrink.exporters.provenance import sha256_file
 from vitshrink.exporters.validate import DEFAULT_TOLERANCE, InputCase, onnx_runner, validate
 
 

@@ -24,7 +24,7 @@ from vitshrink.compressor.errors import UnsupportedModelError
 from vitshrink.compressor.families import mlp_hidden
 from vitshrink.compressor.flops import block_params_of, count_macs, count_macs_fvcore, count_params
 from vitshrink.compressor.gates import gated
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 from vitshrink.exporters.api import ExportConfig, export

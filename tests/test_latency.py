@@ -19,7 +19,7 @@ from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.errors import BudgetError, UnreadableFileError
 from vitshrink.compressor.importance import Scores
 from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, model_costs, plan_units
 
 # ---------------------------------------------------------------------------------------------- knapsack

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitshrink.cli import compress
+from vitshrink.compressor.command import compress_command as compress
 from vitshrink.compressor.kd_loss import feature_loss
 from vitshrink.compressor.precision import cpu_flags, native_bf16, resolve_amp
 from vitshrink.compressor.train import TrainConfig
@@ -45,7 +45,7 @@ def test_cli_default_is_auto():
     assert TrainConfig().amp is None
     kw = compress.make_context("compress", []).params
     assert kw["amp"] == "auto"
-    from vitshrink.cli import compress_config
+    from vitshrink.compressor.command import compress_config
 
     assert compress_config(kw).train.amp is None
     assert compress_config({**kw, "amp": "on"}).train.amp is True

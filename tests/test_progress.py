@@ -11,7 +11,7 @@ from tqdm import tqdm
 from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.cli import main
 from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.progress import LineProgress, progress_bar
 
 

@@ -13,7 +13,7 @@ from vitshrink.compressor.data import build_dataset, build_loader
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import calibration_batches, score
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, plan_width
 from vitshrink.compressor.surgery import apply_plan
 

@@ -21,11 +21,12 @@ import pytest
 import torch
 
 from tests.conftest import SHARED
-from vitshrink.cli import _data_options, compress, compress_config
+from vitshrink.compressor.api import _datasets
+from vitshrink.compressor.command import _data_options, compress_config
+from vitshrink.compressor.command import compress_command as compress
 from vitshrink.compressor.data import build_loader
 from vitshrink.compressor.evaluate import predict_logits
-from vitshrink.compressor.jobs import _datasets
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.train import train
 
 TEACHER = SHARED / "models" / "cifar10-vit"

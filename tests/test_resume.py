@@ -13,9 +13,9 @@ import json
 import pytest
 import torch
 
+from vitshrink.compressor.api import CompressJob, DataOptions, compress
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.jobs import CompressJob, DataOptions, compress
 from vitshrink.compressor.pipeline import CompressConfig
 from vitshrink.compressor.planner import Budget
 from vitshrink.compressor.train import TrainConfig

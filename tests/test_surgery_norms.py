@@ -18,7 +18,7 @@ from tests.conftest import TINY_ARGS
 from vitshrink.cli import main
 from vitshrink.compressor.errors import UnsupportedModelError
 from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.support import check_supported
+from vitshrink.compressor.supported_models import check_supported
 from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
 
 NORMS = {

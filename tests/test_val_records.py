@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from vitshrink.compressor.api import DataOptions, build_compress_data
 from vitshrink.compressor.evaluate import evaluate
-from vitshrink.compressor.jobs import DataOptions, build_compress_data
 from vitshrink.compressor.pipeline import CompressConfig, run_compress
 from vitshrink.compressor.planner import Budget
 from vitshrink.compressor.report import format_table, markdown_report, report_rows

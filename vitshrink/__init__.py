@@ -42,7 +42,7 @@ _EXPORTS = {
     "save_artifact": "vitshrink.compressor.artifact",
     "load_artifact": "vitshrink.compressor.artifact",
     "VitShrinkError": "vitshrink.compressor.errors",
-    "LatencyTarget": "vitshrink.compressor.jobs",
+    "LatencyTarget": "vitshrink.compressor.api",
     "LatencyTable": "vitshrink.compressor.latency_table",
 }
 __all__ = [

@@ -1,7 +1,7 @@
 """The Python API: a timm ViT in memory and your own DataLoaders in, an artifact folder out.
 
 Thin wrappers: each builds the config object the CLI would build and calls the same library function
-(`vitshrink.compressor.jobs`, `vitshrink.exporters.api.export`, `vitshrink.benchmarks.api.run_bench`).
+(`vitshrink.compressor.api`, `vitshrink.exporters.api.export`, `vitshrink.benchmarks.api.run_bench`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitshrink.compressor import distributed as ddp
-from vitshrink.compressor.artifact import load_artifact
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.importance import Scores, calibration_batches, score_units
-from vitshrink.compressor.jobs import (
+from vitshrink.compressor.api import (
     LatencyTarget,
     compress_and_report,
     default_work_dir,
@@ -26,8 +23,11 @@ from vitshrink.compressor.jobs import (
     start_run,
     with_latency_table,
 )
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import wrap_module
+from vitshrink.compressor.artifact import load_artifact
+from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.importance import Scores, calibration_batches, score_units
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import wrap_module
 from vitshrink.compressor.pipeline import DISTILL_LR, CompressConfig
 from vitshrink.compressor.planner import Budget, WidthPlan, model_cost, plan_width
 from vitshrink.compressor.train import TrainConfig
@@ -46,7 +46,7 @@ def wrap(model: nn.Module, *, name: str | None = None, model_args: dict | None =
     """A timm ViT built in memory, plus what rebuilds it (timm name and create_model arguments).
 
     Both are read off the model when not given, and checked by rebuilding it; see
-    `vitshrink.compressor.loading.wrap_module`.
+    `vitshrink.compressor.model_loading.wrap_module`.
     """
     return wrap_module(model, name=name, model_args=model_args)
 

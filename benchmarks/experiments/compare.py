@@ -29,13 +29,13 @@ from vitshrink.benchmarks.experiments.paired import (
     unpack_correct,
 )
 from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.compressor.api import DataOptions, build_compress_data
 from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artifact
 from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.evaluate import predict_logits
 from vitshrink.compressor.flops import count_macs, count_params
-from vitshrink.compressor.jobs import DataOptions, build_compress_data
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.pipeline import CompressConfig, CompressData
 from vitshrink.compressor.reading import read_json
 
@@ -60,7 +60,7 @@ class LatencyOptions:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    teacher: str  # folder or timm name, as `vitshrink.compressor.loading.load_model` takes it
+    teacher: str  # folder or timm name, as `vitshrink.compressor.model_loading.load_model` takes it
     paper: CompressConfig  # the paper's method: budget, calibration, distillation per stage (seed set per run)
     data: DataOptions = field(default_factory=DataOptions)  # its seed fixes the subsets: the same for every run
     methods: tuple[str, ...] = tuple(METHODS)

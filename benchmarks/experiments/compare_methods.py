@@ -96,7 +96,7 @@ def main(**kw) -> None:
     from vitshrink.benchmarks.experiments.compare import CompareConfig, LatencyOptions, run_compare
     from vitshrink.benchmarks.experiments.compare_report import summary_rows
     from vitshrink.benchmarks.timing import TimingPolicy
-    from vitshrink.compressor.jobs import DataOptions
+    from vitshrink.compressor.api import DataOptions
     from vitshrink.compressor.pipeline import CompressConfig
     from vitshrink.compressor.report import format_table
     from vitshrink.compressor.train import TrainConfig

@@ -36,8 +36,8 @@ from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import score
 from vitshrink.compressor.kd_loss import KDWeights, distillation_loss
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, plan_width
 from vitshrink.compressor.precision import AMP_CHOICES, amp_option, resolve_amp
 from vitshrink.compressor.surgery import apply_plan

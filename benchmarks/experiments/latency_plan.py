@@ -35,8 +35,8 @@ from vitshrink.benchmarks.timing import TimingPolicy, measure
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import Scores, score
 from vitshrink.compressor.latency_table import LatencyTable
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, model_costs, plan_units, plan_width
 from vitshrink.compressor.report import format_table
 from vitshrink.compressor.spec import ArchSpec
@@ -153,9 +153,9 @@ def speed_table(rows: list[dict]) -> str:
 def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
              offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
              log: Callable[[str], None]) -> dict:
+    from vitshrink.compressor.api import DataOptions, build_compress_data
     from vitshrink.compressor.evaluate import evaluate
     from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_units
-    from vitshrink.compressor.jobs import DataOptions, build_compress_data
     from vitshrink.compressor.pipeline import CompressConfig
     from vitshrink.compressor.planner import Budget
 

@@ -28,7 +28,7 @@ from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artif
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
 from vitshrink.compressor.importance import calibration_batches
-from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.pipeline import CompressConfig, CompressData, StageRecord, run_compress
 from vitshrink.compressor.precision import resolve_amp
 from vitshrink.compressor.spec import ArchSpec

@@ -80,7 +80,7 @@ def main(work, teacher, dataset, data_dir, out, table_of):
         write_json_atomic(out, results)
         click.echo(f"{method} seed {seed}: top-1 {correct.mean():.2%} on {correct.size} images")
     if teacher and "teacher_top1" not in results:
-        from vitshrink.compressor.loading import load_model
+        from vitshrink.compressor.model_loading import load_model
 
         model = load_model(teacher)
         logits, labels = predict_logits(model.model, loader or build_loader(

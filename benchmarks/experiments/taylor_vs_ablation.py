@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.data import build_dataset, build_loader
 from vitshrink.compressor.importance import calibration_batches, score
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 
 
 @click.command(cls=VitShrinkCommand)

@@ -32,8 +32,8 @@ from vitshrink.benchmarks.stats import latency_stats, speedup
 from vitshrink.benchmarks.timing import TimingPolicy, measure
 from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.flops import count_macs
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import plan_width, unit_costs
 from vitshrink.compressor.report import format_table
 from vitshrink.compressor.surgery import PrunePlan, apply_plan

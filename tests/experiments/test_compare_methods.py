@@ -25,7 +25,7 @@ from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.data import build_dataset, build_loader
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import calibration_batches
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import unit_costs
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.train import TrainConfig, train

@@ -10,7 +10,7 @@ from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.benchmarks.experiments.distill_cost import CostConfig, format_rows, run_cost
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.model_loading import load_model
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from vitshrink.compressor.artifact import (
     load_state_dict_strict,
 )
 from vitshrink.compressor.errors import ArtifactError, ModelSourceError
-from vitshrink.compressor.loaded import LoadedModel
+from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.reading import read_json, read_safetensors, read_torch_weights
 from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.support import check_supported
+from vitshrink.compressor.supported_models import check_supported
 
 
 def load_model(

@@ -23,8 +23,8 @@ from vitshrink.compressor.data import (
 from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
-from vitshrink.compressor.loaded import LoadedModel
-from vitshrink.compressor.loading import load_model
+from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.pipeline import CompressConfig, CompressData, CompressReport, run_compress
 from vitshrink.compressor.report import format_table, markdown_report, report_rows
 from vitshrink.compressor.resume import start_work_dir, weights_sha256
