@@ -278,3 +278,24 @@ def test_the_paper_order_plans_both_stages_on_the_table(tiny_teacher_dir, tmp_pa
     assert len(student.model.blocks) < 3
     assert 0.5 <= 1 - predicted["student"] / predicted["teacher"] <= 0.51 + 1e-9
     assert predicted["student"] == pytest.approx(table.predict([(b.num_heads, b.mlp_hidden) for b in student.spec.blocks]))
+
+
+def test_a_target_whose_runtime_is_missing_is_one_clear_error(tiny_teacher_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: torch-cuda can run")
+    result = _run("profile", "--model", tiny_teacher_dir, "--target", "torch-cuda", "--out", tmp_path / "t.json")
+    assert result.exit_code == 1 and "latency target torch-cuda cannot run here: no CUDA GPU" in result.output
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_an_unreachable_latency_target_exits_1_and_writes_nothing(tiny_teacher_dir, tmp_path):
+    table = dataclasses.replace(_staircase_table(), key=table_key(tiny_vit(), "ort-cpu", 1, 1))
+    table.save(tmp_path / "lut.json")
+    out = tmp_path / "student"
+    result = _run("compress", "--model", tiny_teacher_dir, "--reduce", "latency=0.95", "--latency-table",
+                  tmp_path / "lut.json", "--target-threads", "1", "--epochs", "0", "--calib-batches", "2",
+                  "--out", out, "--no-progress")
+    assert result.exit_code == 1 and "can remove at most" in result.output and "Traceback" not in result.output
+    assert not out.exists()
