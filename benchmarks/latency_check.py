@@ -27,18 +27,18 @@ def latency_plan_check(compression: dict | None, threads: int, latency: tuple[La
         "predicted_ms": predicted,
         "predicted_reduction": 1 - predicted["student"] / predicted["teacher"],
     }
+    if plan.get("threads") not in (None, threads):
+        out["note"] = f"planned for {plan['threads']} threads, benched with {threads}: the numbers are not comparable"
     row = next((s for s in speedups if s.backend == backend and s.batch == batch), None)
     if row is None:
         out["note"] = (f"bench did not time {backend} at batch {batch} with a teacher: run it with "
-                       f"--backends {plan['target']} --batch-sizes {batch} and the teacher to compare")
+                       f"--backends {backend} --batch-sizes {batch} --threads {plan.get('threads')} and the teacher")
         return out
     times = {r.model: r.stats.p50_ms for r in latency if r.backend == backend and r.stats.batch == batch}
     out["realised_ms"] = times
     out["realised_reduction"] = 1 - 1 / row.speedup.ratio
     if "student" in times:
         out["student_prediction_error"] = times["student"] / predicted["student"] - 1
-    if plan.get("threads") not in (None, threads):
-        out["note"] = f"planned for {plan['threads']} threads, benched with {threads}: the numbers are not comparable"
     return out
 
 

@@ -40,19 +40,30 @@ TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda")  # what a table can
 FIT_MODELS = 6  # whole models of random widths timed for the fit (plus the full model)
 
 
-def table_key(model: nn.Module, target: str, batch: int, threads: int | None, precision: str = "fp32") -> TableKey:
-    """What a table for `model` on `target` would be made for (architecture, runtime, batch, threads, device)."""
-    check_profilable(model, target)
+def architecture_of(model: nn.Module) -> dict:
+    """What a table's times depend on in the model: its classes and every shape of the graph."""
     blk = model.blocks[0]
-    architecture = {
+    return {
+        "model": type(model).__name__,
         "block": type(blk).__name__,
+        "img_size": list(model.patch_embed.img_size),
+        "patch_size": list(model.patch_embed.patch_size),
         "embed_dim": int(model.embed_dim),
         "num_heads": int(blk.attn.num_heads),
         "head_dim": int(blk.attn.head_dim),
         "mlp_hidden": int(mlp_hidden(blk.mlp)),
         "tokens": int(num_tokens(model)),
+        "prefix_tokens": int(getattr(model, "num_prefix_tokens", 1)),
+        "global_pool": str(getattr(model, "global_pool", "")),
+        "num_classes": int(model.num_classes),
         "depth": len(model.blocks),
     }
+
+
+def table_key(model: nn.Module, target: str, batch: int, threads: int | None, precision: str = "fp32") -> TableKey:
+    """What a table for `model` measured here on `target` would be made for (architecture, runtime, batch,
+    threads, device); raises when the target cannot run here or the model's blocks cannot be profiled."""
+    check_profilable(model, target)
     if target.startswith("ort"):
         import onnxruntime
 
@@ -61,7 +72,7 @@ def table_key(model: nn.Module, target: str, batch: int, threads: int | None, pr
         version = f"torch {torch.__version__}"
     cuda = target.endswith("cuda")
     device = torch.cuda.get_device_name(0) if cuda else cpu_model() or platform.processor()
-    return TableKey(architecture=architecture, target=target, precision=precision, runtime_version=version,
+    return TableKey(architecture=architecture_of(model), target=target, precision=precision, runtime_version=version,
                     threads=None if cuda else threads, batch=batch, device=device)
 
 
@@ -71,6 +82,8 @@ def check_profilable(model: nn.Module, target: str) -> None:
         hint = " (TensorRT tables are not built yet: plan on ort-cuda, or on flops)" if target.startswith(("trt", "tensorrt")) else ""
         raise BenchError(f"unknown latency target {target!r}; choose from {', '.join(TARGETS)}{hint}")
     reason = get_runtime(target).check()
+    if reason is None and target.endswith("cuda") and not torch.cuda.is_available():
+        reason = "this PyTorch build sees no CUDA GPU (torch.cuda.is_available() is False)"
     if reason:
         raise RuntimeUnavailableError(f"latency target {target} cannot run here: {reason}")
     blocks = {type(b).__name__ for b in getattr(model, "blocks", [])}
@@ -137,13 +150,19 @@ class _Clock:
 
         self.count += 1
         path = self.work / f"part{self.count}.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shapes that are constant here
-            torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
-                              opset_version=17, dynamo=False)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about shapes that are constant here
+                torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
+                                  opset_version=17, dynamo=False)
+        except Exception as e:  # torch.onnx raises RuntimeError/OnnxExporterError/...
+            raise BenchError(f"profiling: cannot export a {type(module).__name__} to ONNX: {type(e).__name__}: {e}") from e
         providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] \
             if self.device.type == "cuda" else ["CPUExecutionProvider"]
         session = ort_session(path, threads=self.threads, providers=providers)
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise RuntimeUnavailableError("profiling ort-cuda: ONNX Runtime fell back to the CPU "
+                                          f"(providers {session.get_providers()}); check the CUDA/cuDNN install")
         in_name, out_name = io_names(session, path)
         feed = {in_name: example.numpy()}
         return lambda: session.run([out_name], feed)
@@ -165,13 +184,17 @@ def _median_ms(run: Callable[[], object], repeats: int, min_seconds: float, sync
 
 
 def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
-    """`count` plans of random widths: each block keeps 1..H heads and a random width of the MLP grid."""
+    """`count` plans of random widths spread from narrow to wide: plan k keeps about a share r_k of the heads
+    and of the MLP in every block (r_k evenly spaced in 0.2..1, jittered per block), so that the fit sees the
+    whole range of totals, not a cluster around the middle."""
     rng = np.random.default_rng(seed)
-    widths = mlp_grid(hidden, round_to)[1:]
+    widths = np.array(mlp_grid(hidden, round_to)[1:])
     plans = []
-    for _ in range(count):
-        heads = {i: tuple(range(int(rng.integers(1, spec_heads + 1)))) for i in range(depth)}
-        neurons = {i: tuple(range(int(rng.choice(widths)))) for i in range(depth)}
+    for share in np.linspace(0.2, 1.0, count, endpoint=False):
+        head_shares = np.clip(share + rng.uniform(-0.1, 0.1, depth), 0.0, 1.0)
+        mlp_shares = np.clip(share + rng.uniform(-0.1, 0.1, depth), 0.0, 1.0)
+        heads = {i: tuple(range(max(1, round(head_shares[i] * spec_heads)))) for i in range(depth)}
+        neurons = {i: tuple(range(int(widths[np.abs(widths - mlp_shares[i] * hidden).argmin()]))) for i in range(depth)}
         plans.append(PrunePlan(keep_heads=heads, keep_neurons=neurons))
     return plans
 
@@ -180,9 +203,18 @@ def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | Non
             repeats: int = 10, min_seconds: float = 0.05, fit_models: int = FIT_MODELS, progress: bool = True,
             log=print) -> LatencyTable:
     """Measure the latency table of `model` (a timm ViT, any weights) on `target` at `batch` and `threads`."""
-    key = table_key(model, target, batch, threads)
+    previous = torch.get_num_threads()
     if threads is not None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # torch targets; ONNX Runtime gets them through its session options
+    try:
+        return _profile(model, target, batch, threads, round_to, repeats, min_seconds, fit_models, progress, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _profile(model: nn.Module, target: str, batch: int, threads: int | None, round_to: int, repeats: int,
+             min_seconds: float, fit_models: int, progress: bool, log) -> LatencyTable:
+    key = table_key(model, target, batch, threads)
     started = time.perf_counter()
     model = copy.deepcopy(model).float().eval()
     arch = key.architecture
@@ -212,7 +244,7 @@ def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | Non
         stem.blocks = nn.Sequential()
         fixed = clock(stem, images)
         next(steps, None)
-        table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed)
+        table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, round_to=round_to)
         raw, measured = [], []
         for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
             cut = copy.deepcopy(model)
@@ -224,7 +256,7 @@ def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | Non
     fit = fit_table(raw, measured) if fit_models > 0 else Fit(
         models=1, mean_abs_error=abs(raw[0] - measured[0]) / measured[0], max_abs_error=abs(raw[0] - measured[0]) / measured[0])
     table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
-                         seconds=round(time.perf_counter() - started, 1))
+                         seconds=round(time.perf_counter() - started, 1), round_to=round_to)
     log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
         f"{heads} head counts; whole model {measured[0]:.2f} ms measured, fit error mean "
         f"{fit.mean_abs_error:.1%} max {fit.max_abs_error:.1%} on {len(measured)} models; {table.seconds:.0f} s")
@@ -232,37 +264,51 @@ def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | Non
 
 
 def fit_table(raw: list[float], measured: list[float]) -> Fit:
-    """Least-squares a, b of measured = a + b * raw (b alone when the models are too alike to tell a)."""
+    """Least-squares a >= 0, b > 0 of measured = a + b * raw (b alone when the models are too alike to tell a,
+    or when the best a would be negative: sub-blocks timed alone never cost less than within the model)."""
     x, y = np.asarray(raw), np.asarray(measured)
+    a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
     if len(x) >= 3 and np.ptp(x) > 0.05 * x.mean():
-        b, a = np.polyfit(x, y, 1)
-    else:
-        a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
-    if b <= 0:  # a fit that says wider is faster: fall back to the scale alone
-        a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
+        slope, intercept = np.polyfit(x, y, 1)
+        if slope > 0 and intercept >= 0:
+            a, b = float(intercept), float(slope)
     error = np.abs(a + b * x - y) / y
-    return Fit(a=float(a), b=float(b), models=len(x), mean_abs_error=float(error.mean()), max_abs_error=float(error.max()))
+    return Fit(a=a, b=b, models=len(x), mean_abs_error=float(error.mean()), max_abs_error=float(error.max()))
 
 
 def cache_path(key: TableKey, round_to: int) -> Path:
-    """Where `compress` caches a table it profiled: $XDG_CACHE_HOME/vitshrink/latency/<hash of the key>.json."""
+    """Where `compress` caches a table it profiled: $XDG_CACHE_HOME/vitshrink/latency/<hash of the key>.json
+    (delete the file to profile again)."""
     import hashlib
     import json
 
+    from vitshrink.compressor.latency_table import FORMAT
+
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitshrink" / "latency"
-    digest = hashlib.sha256(json.dumps({**key.__dict__, "round_to": round_to}, sort_keys=True).encode()).hexdigest()
+    record = {**key.__dict__, "round_to": round_to, "format": FORMAT}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return root / f"{key.target}-b{key.batch}-{digest[:16]}.json"
 
 
-def table_for(model: nn.Module, target: str, *, batch: int, threads: int | None, round_to: int,
-              table_file: Path | None = None, progress: bool = True, log=print) -> LatencyTable:
-    """The table a latency budget is planned on: `table_file` (checked against the key), the cached one, or a
-    new profile (then cached)."""
-    key = table_key(model, target, batch, threads)
+def table_for(model: nn.Module, target: str | None = None, *, batch: int | None = None, threads: int | None = None,
+              round_to: int = 8, table_file: Path | None = None, progress: bool = True, log=print) -> LatencyTable:
+    """The table a latency budget is planned on.
+
+    With `table_file`: that table, for this model's architecture and the target, batch and threads when
+    they are given (None: the table's own); its device and runtime version are where it was measured.
+    Without: the table cached for this machine, or a new profile (then cached); defaults ort-cpu, batch 1,
+    torch's thread count.
+    """
+    hidden = int(mlp_hidden(model.blocks[0].mlp))
     if table_file is not None:
         table = LatencyTable.load(table_file)
-        table.check_key(key, str(table_file))
+        table.check_for(architecture_of(model), str(table_file), target=target, batch=batch, threads=threads)
+        table.check_grid(hidden, round_to, str(table_file))
+        log(f"latency table: {table_file} ({table.key.target}, batch {table.key.batch}, {table.key.threads} threads, "
+            f"measured on {table.key.device})")
         return table
+    target, batch, threads = target or "ort-cpu", batch or 1, threads or torch.get_num_threads()
+    key = table_key(model, target, batch, threads)
     cached = cache_path(key, round_to)
     if cached.is_file():
         table = LatencyTable.load(cached)

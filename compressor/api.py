@@ -57,12 +57,15 @@ class DataOptions:
 
 @dataclass(frozen=True)
 class LatencyTarget:
-    """Where a latency budget is measured: a bench backend, its batch and CPU threads, or a table file."""
+    """Where a latency budget is measured: a bench backend, its batch and CPU threads, or a table file.
 
-    target: str = "ort-cpu"
-    batch: int = 1
-    threads: int | None = None  # None: torch.get_num_threads()
-    table_file: Path | None = None  # a table made by `vitshrink profile`; None: cached or profiled now
+    None = not asked: with a table file, the table's own; without, ort-cpu, batch 1, torch's thread count.
+    """
+
+    target: str | None = None
+    batch: int | None = None
+    threads: int | None = None
+    table_file: Path | None = None  # a table made by `vitshrink profile` (anywhere); None: cached or profiled now
 
 
 @dataclass(frozen=True)
@@ -167,13 +170,11 @@ def with_latency_table(config: CompressConfig, teacher: LoadedModel, latency: La
     if ddp.world_size() > 1 and latency.table_file is None:
         raise BudgetError("a latency budget under torchrun needs --latency-table FILE (make it once with "
                           "`vitshrink profile`), so that every process plans on the same table")
-    import torch
-
     from vitshrink.benchmarks.latency_profile import table_for
 
-    threads = latency.threads or torch.get_num_threads()
-    table = table_for(teacher.model, latency.target, batch=latency.batch, threads=threads, round_to=config.round_to,
-                      table_file=latency.table_file, progress=progress and ddp.is_main(), log=log)
+    table = table_for(teacher.model, latency.target, batch=latency.batch, threads=latency.threads,
+                      round_to=config.round_to, table_file=latency.table_file, progress=progress and ddp.is_main(),
+                      log=log)
     return dataclasses.replace(config, latency_table=table.to_dict())
 
 

@@ -156,12 +156,12 @@ def compress_config(kw: dict) -> CompressConfig:
               help="Total target: fraction of FLOPs (MACs), params or measured latency to remove, e.g. flops=0.3, "
                    "params=0.25 or latency=0.3 (latency: planned on a table measured on --target).")
 @click.option("--target", "latency_target", type=click.Choice(LATENCY_TARGETS), default=None,
-              help="Runtime a latency budget is measured on [default: ort-cpu]; profiled now and cached, unless "
-                   "--latency-table is given.")
+              help="Runtime a latency budget is measured on [default: ort-cpu, or the --latency-table's]; profiled "
+                   "now and cached, unless --latency-table is given.")
 @click.option("--batch-size-target", type=click.IntRange(min=1), default=None,
-              help="Batch size a latency budget is measured at [default: 1].")
+              help="Batch size a latency budget is measured at [default: 1, or the --latency-table's].")
 @click.option("--target-threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads of the latency target [default: torch's thread count].")
+              help="CPU threads of the latency target [default: torch's thread count, or the --latency-table's].")
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Plan a latency budget on this table (`vitshrink profile --out FILE`, e.g. made on the device); "
                    "it must match the model, target, batch and threads.")
@@ -223,7 +223,7 @@ def compress_command(**kw) -> None:
     job = CompressJob(model=kw["model"], out=kw["out"], config=config, data=_data_options(kw),
                       checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], work_dir=kw["work_dir"],
                       resume=kw["resume"], progress=not kw["no_progress"],
-                      latency=LatencyTarget(target=kw["latency_target"] or "ort-cpu", batch=kw["batch_size_target"] or 1,
+                      latency=LatencyTarget(target=kw["latency_target"], batch=kw["batch_size_target"],
                                             threads=kw["target_threads"], table_file=kw["latency_table"]))
     run(job, log=click.echo)
 

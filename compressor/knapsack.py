@@ -26,6 +26,8 @@ def solve(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[float]], b
     """
     if len(losses) != len(costs) or any(len(v) != len(c) or not len(v) for v, c in zip(losses, costs, strict=True)):
         raise ValueError("every group needs as many losses as costs, and at least one option")
+    if not all(np.all(np.isfinite(c)) and np.min(c) >= 0 for c in costs) or not np.isfinite(budget):
+        raise BudgetError("option costs and the budget must be finite and >= 0")
     cheapest = sum(min(c) for c in costs)
     if cheapest > budget * (1 + 1e-12) or budget <= 0:
         raise BudgetError(f"the cheapest options cost {cheapest:.6g} together, more than the budget {budget:.6g}")

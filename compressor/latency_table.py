@@ -60,6 +60,23 @@ class LatencyTable:
     fixed: float  # ms of everything outside the blocks
     fit: Fit = field(default_factory=Fit)
     seconds: float | None = None  # how long profiling took
+    round_to: int = 1  # the MLP grid measured: every width a plan with this --round-to (or a multiple) keeps
+
+    def __post_init__(self):
+        problems = []
+        values = (*self.attention, *self.mlp_ms, self.fixed, self.fit.a, self.fit.b)
+        if not all(np.isfinite(v) for v in values) or min(values) < 0:
+            problems.append("times and fit must be finite and >= 0")
+        if not self.attention or self.attention[0] != 0 or not self.mlp_ms or self.mlp_ms[0] != 0:
+            problems.append("0 heads and 0 neurons must cost 0")
+        if (len(self.mlp_widths) != len(self.mlp_ms) or not self.mlp_widths or self.mlp_widths[0] != 0
+                or any(b <= a for a, b in zip(self.mlp_widths, self.mlp_widths[1:], strict=False))):
+            problems.append("mlp_widths must rise from 0, one time each")
+        if self.fit.b <= 0 or self.round_to < 1:
+            problems.append("the fit's b and round_to must be positive")
+        if problems:
+            raise UnreadableFileError(f"latency table is invalid ({'; '.join(problems)}); make it again with "
+                                      "`vitshrink profile`")
 
     def attention_ms(self, heads: int) -> float:
         if not 0 <= heads < len(self.attention):
@@ -92,7 +109,7 @@ class LatencyTable:
         try:
             return cls(key=TableKey(**d["key"]), attention=tuple(d["attention"]), mlp_widths=tuple(d["mlp_widths"]),
                        mlp_ms=tuple(d["mlp_ms"]), fixed=float(d["fixed"]), fit=Fit(**d.get("fit", {})),
-                       seconds=d.get("seconds"))
+                       seconds=d.get("seconds"), round_to=int(d.get("round_to", 1)))
         except (KeyError, TypeError, ValueError) as e:
             raise UnreadableFileError(f"{source} is damaged ({type(e).__name__}: {e}); make it again with "
                                       "`vitshrink profile`") from None
@@ -114,7 +131,28 @@ class LatencyTable:
 
     def check_key(self, wanted: TableKey, source: str = "the latency table") -> None:
         """Refuse a table made for another architecture, runtime, precision, batch, thread count or device."""
-        problems = self.key.mismatches(wanted)
+        self._refuse(self.key.mismatches(wanted), source)
+
+    def check_for(self, architecture: dict, source: str = "the latency table", **asked) -> None:
+        """Refuse a table for another architecture, or for a target, batch or thread count the user asked
+        for (`asked`: TableKey fields; None = not asked). Device and runtime version are the table's own:
+        a table travels from the device it was measured on."""
+        wanted = {"architecture": architecture, **{k: v for k, v in asked.items() if v is not None}}
+        self._refuse([f"{name}: table {getattr(self.key, name)!r}, wanted {value!r}"
+                      for name, value in wanted.items() if getattr(self.key, name) != value], source)
+
+    def check_grid(self, hidden: int, round_to: int, source: str = "the latency table") -> None:
+        """Refuse a table whose MLP grid does not hold every width a plan with `round_to` keeps."""
+        first = hidden % round_to
+        kept = {hidden - first - k * round_to for k in range((hidden - first) // round_to)} | {hidden}
+        missing = sorted(kept - set(self.mlp_widths))
+        if missing:
+            raise BudgetError(f"{source} was measured on a --round-to {self.round_to} grid, which lacks the MLP "
+                              f"widths {missing[:4]}{'...' if len(missing) > 4 else ''} that --round-to {round_to} "
+                              f"keeps; use --round-to {self.round_to} (or a multiple) or profile again")
+
+    @staticmethod
+    def _refuse(problems: list[str], source: str) -> None:
         if problems:
             raise BudgetError(f"{source} was made for something else ({'; '.join(problems)}); profile this "
                               "target with `vitshrink profile` or drop --latency-table to profile now")

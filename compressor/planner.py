@@ -75,8 +75,8 @@ class ModelCosts:
     neuron: tuple[float, ...]  # one MLP neuron of each block
     num_heads: tuple[int, ...]  # heads of each block
     hidden: tuple[int, ...]  # MLP neurons of each block
-    # latency only: the measured table. Head and neuron costs above are then marginal averages (for the
-    # budget split); width plans are made on the table itself, whose steps are not linear (`_plan_latency`)
+    # latency only: the measured table. Head and neuron costs above are then those of the last head and
+    # neuron (unused: width plans are made on the table itself, whose steps are not linear, `_plan_latency`)
     table: LatencyTable | None = None
 
     @property
@@ -506,9 +506,9 @@ def _plan_latency(costs: ModelCosts, scores: Scores, *, target_removed: float, r
     try:
         chosen = knapsack.solve(losses, prices, room, floor=max(floor, 0.0))
     except BudgetError as e:
-        raise BudgetError(f"width pruning cannot land within {tolerance:g} of the teacher's predicted latency above "
-                          f"the target: the table's steps are too coarse here ({e}); use another --reduce or a "
-                          "smaller --round-to") from None
+        window = f"within {tolerance:g} of the teacher's predicted latency below the target" if tolerance else "under the target"
+        raise BudgetError(f"width pruning cannot land {window} on this latency table ({e}); use another --reduce "
+                          "or a smaller --round-to (profiled on that grid)") from None
     keep_heads, keep_neurons = {}, {}
     for (kind, i), k in zip(options, chosen, strict=True):
         if kind == "head":
