@@ -114,6 +114,13 @@ class MlpPart(nn.Module):
         return x + self.scale(self.mlp(self.norm(x)))
 
 
+class CallOverhead(nn.Module):
+    """x * 1: one runtime call on a sub-block's input that computes (almost) nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+
 def mlp_grid(hidden: int, round_to: int) -> list[int]:
     """The MLP widths a width plan can keep (whole `round_to` groups removed; a remainder group goes first), and 0."""
     first = hidden % round_to
@@ -225,20 +232,24 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
     with tempfile.TemporaryDirectory(prefix="vitshrink-profile-") as tmp:
         clock = _Clock(target, threads, Path(tmp), repeats, min_seconds)
         block = model.blocks[0]
-        attention = [0.0]
-        bar = progress_bar(range(1 + heads + len(widths) - 1 + fit_models + 1), desc=f"profile {target} b{batch}",
+        bar = progress_bar(range(2 + heads + len(widths) - 1 + fit_models + 1), desc=f"profile {target} b{batch}",
                            enabled=progress)
         steps = iter(bar)
+        # a sub-block timed alone also pays one call into the runtime (feeds, outputs, dispatch), which a block
+        # inside the model does not: time a call that does nothing with the same input and take it off
+        overhead = clock(CallOverhead(), tokens)
+        next(steps, None)
+        attention = [0.0]
         for h in range(1, heads + 1):
             part = copy.deepcopy(block)
             part.attn = prune_attention(part.attn, tuple(range(h)))
-            attention.append(clock(AttentionPart(part), tokens))
+            attention.append(max(clock(AttentionPart(part), tokens) - overhead, 0.0))
             next(steps, None)
         mlp = [0.0]
         for m in widths[1:]:
             part = copy.deepcopy(block)
             part.mlp = prune_mlp(part.mlp, tuple(range(m)))
-            mlp.append(clock(MlpPart(part), tokens))
+            mlp.append(max(clock(MlpPart(part), tokens) - overhead, 0.0))
             next(steps, None)
         stem = copy.deepcopy(model)
         stem.blocks = nn.Sequential()

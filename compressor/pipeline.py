@@ -242,8 +242,8 @@ def run_compress(
             check_plan(plan, model, "--plan")
         elif stage == "width":
             step = index + 1  # the width steps come first: stage k is width step k of config.width_steps
-            target = split.width_removed * step / config.width_steps
-            final = step == config.width_steps and not split.runs("depth")
+            target = split.width_target(step, config.width_steps)
+            final = split.is_last_cut("width", step, config.width_steps)
             width_plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before,
                                             final)
             plan = width_plan.plan

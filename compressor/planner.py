@@ -175,6 +175,14 @@ class BudgetSplit:
         """Whether `stage` ("width" or "depth") has anything to remove."""
         return self.depth_blocks > 0 if stage == "depth" else self.width_removed > 0
 
+    def width_target(self, step: int, steps: int) -> float:
+        """What the teacher has lost, absolute, once width step `step` of `steps` is done (equal shares)."""
+        return self.width_removed * step / steps
+
+    def is_last_cut(self, stage: str, step: int = 1, steps: int = 1) -> bool:
+        """Whether this cut is the run's last, which must land within the tolerance (earlier ones may overshoot)."""
+        return stage == "depth" or (step == steps and not self.runs("depth"))
+
     def describe(self) -> str:
         width = f"width -{self.width_removed / self.reference_total:.1%}" if self.width_removed > 0 else "no width"
         depth = f"{self.depth_blocks} block(s)" if self.depth_blocks else "no blocks"

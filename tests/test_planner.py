@@ -100,7 +100,7 @@ def test_impossible_budgets_say_why():
     with pytest.raises(BudgetError, match="in \\(0, 1\\)"):
         Budget.parse("flops=1.5")
     with pytest.raises(BudgetError, match="unknown budget metric"):
-        Budget.parse("latency=0.3")
+        Budget.parse("energy=0.3")
     with pytest.raises(BudgetError, match="one block must remain"):
         plan_depth(_scores(model), 2)
 

@@ -152,7 +152,7 @@ def speed_table(rows: list[dict]) -> str:
 
 def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
              offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
-             log: Callable[[str], None]) -> dict:
+             log: Callable[[str], None], test_limit: int | None = None) -> dict:
     from vitshrink.compressor.api import DataOptions, build_compress_data
     from vitshrink.compressor.evaluate import evaluate
     from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_units
@@ -165,7 +165,7 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     io = IOSpec.from_model(model, teacher.data_config)
     config = CompressConfig(budget=Budget("flops", reduction))
     data = build_compress_data(teacher, DataOptions(dataset="imagefolder", data_dir=data_dir, train_limit=20000,
-                                                    val_split=2000, seed=seed), config)
+                                                    val_split=2000, eval_limit=test_limit, seed=seed), config)
     calib = calibration_batches(data.calib_loader, config.calib_batches, 0, 1)
     scores = score_units(model, calib, "taylor", ScoringLoss("ce"), seed=seed)
     table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
@@ -230,14 +230,17 @@ def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_ite
 @click.option("--offsets", default="-0.04,-0.02,0,0.02,0.04", show_default=True,
               help="FLOPs plans at the latency plan's MACs reduction plus these.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Test images [default: all].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/latency-accuracy"))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, offsets, seed, work, json_path):
+def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, offsets, seed, test_limit, work,
+                     json_path):
     """Cut-only test accuracy of the latency plan vs FLOPs plans at the same realised latency."""
     policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=50, min_time_s=3.0, max_time_s=120.0)
     offs = tuple(float(o) for o in offsets.split(","))
     work.mkdir(parents=True, exist_ok=True)
-    result = accuracy(teacher, data_dir, reduction, batch, threads, round_to, offs, policy, seed, work, click.echo)
+    result = accuracy(teacher, data_dir, reduction, batch, threads, round_to, offs, policy, seed, work, click.echo,
+                      test_limit)
     click.echo(f"teacher {result['teacher_top1']:.2%}; latency plan {result['rows'][0]['top1']:.2%} vs FLOPs plans "
                f"{result['flops_top1_at_same_latency']:.2%} at the same realised latency "
                f"({'interpolated' if result['interpolated'] else 'EXTRAPOLATED: widen --offsets'}): "
