@@ -271,7 +271,8 @@ def _ort_cpu(subject: Subject, precision: str, options: RuntimeOptions) -> Runti
     def run(batch: int) -> None:
         session.run([out_name], {in_name: inputs(batch)})
 
-    info = {"file": str(path), "intra_op_threads": options.threads, "providers": session.get_providers()}
+    info = {"file": str(path), "intra_op_threads": options.threads, "providers": session.get_providers(),
+            "intra_op_spinning": False}
     return Runtime(BackendSpec("ort-cpu", precision), "cpu", run, ort_predict(session, path), Timer(), info)
 
 

@@ -32,7 +32,8 @@ def recorded_sessions(monkeypatch):
 
 
 def _settings(options: ort.SessionOptions) -> tuple:
-    return (options.graph_optimization_level, options.execution_mode, options.inter_op_num_threads)
+    return (options.graph_optimization_level, options.execution_mode, options.inter_op_num_threads,
+            options.get_session_config_entry("session.intra_op.allow_spinning"))
 
 
 def test_validation_and_bench_build_sessions_the_same_way(tmp_path, recorded_sessions):
@@ -49,6 +50,7 @@ def test_validation_and_bench_build_sessions_the_same_way(tmp_path, recorded_ses
     for record in ours:
         assert record["callers"][0] == sessions.__file__, f"a session built outside exporters/sessions.py: {record}"
         assert _settings(record["options"]) == _settings(timed[0]["options"])
+        assert _settings(record["options"])[-1] == "0"  # no spin-waiting (see exporters/sessions.py)
         assert record["providers"] == ["CPUExecutionProvider"]
     x = np.random.default_rng(0).standard_normal((2, *loaded.input_size)).astype(np.float32)
     np.testing.assert_array_equal(runtime.predict(x), onnx_runner(path, threads=1)(x))  # same session, same logits
