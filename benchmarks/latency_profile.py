@@ -37,7 +37,7 @@ from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
 
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda")  # what a table can be measured on
-FIT_MODELS = 6  # whole models of random widths timed for the fit (plus the full model)
+FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
 
 
 def architecture_of(model: nn.Module) -> dict:
@@ -191,15 +191,16 @@ def _median_ms(run: Callable[[], object], repeats: int, min_seconds: float, sync
 
 
 def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
-    """`count` plans of random widths spread from narrow to wide: plan k keeps about a share r_k of the heads
-    and of the MLP in every block (r_k evenly spaced in 0.2..1, jittered per block), so that the fit sees the
-    whole range of totals, not a cluster around the middle."""
+    """`count` plans spread from narrow to wide: plan k keeps a share of the heads and, independently, a
+    share of the MLP in every block (each evenly spaced in 0.15..1 and shuffled, jittered per block), so
+    that the fit can tell attention from MLP time."""
     rng = np.random.default_rng(seed)
     widths = np.array(mlp_grid(hidden, round_to)[1:])
+    shares = np.linspace(0.15, 1.0, count, endpoint=False)
     plans = []
-    for share in np.linspace(0.2, 1.0, count, endpoint=False):
-        head_shares = np.clip(share + rng.uniform(-0.1, 0.1, depth), 0.0, 1.0)
-        mlp_shares = np.clip(share + rng.uniform(-0.1, 0.1, depth), 0.0, 1.0)
+    for head_share, mlp_share in zip(rng.permutation(shares), rng.permutation(shares), strict=True):
+        head_shares = np.clip(head_share + rng.uniform(-0.08, 0.08, depth), 0.0, 1.0)
+        mlp_shares = np.clip(mlp_share + rng.uniform(-0.08, 0.08, depth), 0.0, 1.0)
         heads = {i: tuple(range(max(1, round(head_shares[i] * spec_heads)))) for i in range(depth)}
         neurons = {i: tuple(range(int(widths[np.abs(widths - mlp_shares[i] * hidden).argmin()]))) for i in range(depth)}
         plans.append(PrunePlan(keep_heads=heads, keep_neurons=neurons))
@@ -256,35 +257,45 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         fixed = clock(stem, images)
         next(steps, None)
         table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, round_to=round_to)
-        raw, measured = [], []
+        sums, measured = [], []  # per model: (sum of attention ms, sum of MLP ms), and its measured ms
         for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
             cut = copy.deepcopy(model)
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
-            raw.append(table.predict([(b.num_heads, b.mlp_hidden) for b in spec.blocks]))
+            sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
+                         sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
             measured.append(clock(cut, images))
             next(steps, None)
         bar.close()
-    fit = fit_table(raw, measured) if fit_models > 0 else Fit(
-        models=1, mean_abs_error=abs(raw[0] - measured[0]) / measured[0], max_abs_error=abs(raw[0] - measured[0]) / measured[0])
+    fit = fit_table(sums, measured, fixed)
     table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
                          seconds=round(time.perf_counter() - started, 1), round_to=round_to)
     log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
-        f"{heads} head counts; whole model {measured[0]:.2f} ms measured, fit error mean "
+        f"{heads} head counts; whole model {measured[0]:.2f} ms measured; fit a {fit.a:+.2f} ms, attention x"
+        f"{fit.b_attention:.2f}, MLP x{fit.b_mlp:.2f}, error mean "
         f"{fit.mean_abs_error:.1%} max {fit.max_abs_error:.1%} on {len(measured)} models; {table.seconds:.0f} s")
     return table
 
 
-def fit_table(raw: list[float], measured: list[float]) -> Fit:
-    """Least-squares a >= 0, b > 0 of measured = a + b * raw (b alone when the models are too alike to tell a,
-    or when the best a would be negative: sub-blocks timed alone never cost less than within the model)."""
-    x, y = np.asarray(raw), np.asarray(measured)
-    a, b = 0.0, float(np.sum(x * y) / np.sum(x * x))
-    if len(x) >= 3 and np.ptp(x) > 0.05 * x.mean():
-        slope, intercept = np.polyfit(x, y, 1)
-        if slope > 0 and intercept >= 0:
-            a, b = float(intercept), float(slope)
-    error = np.abs(a + b * x - y) / y
-    return Fit(a=a, b=b, models=len(x), mean_abs_error=float(error.mean()), max_abs_error=float(error.max()))
+def fit_table(sums: list[tuple[float, float]], measured: list[float], fixed: float) -> Fit:
+    """Least squares of measured - fixed = a + b_attention * attention sum + b_mlp * MLP sum over whole models.
+
+    Falls back to one scale for both (and a = 0) when there are too few models to tell them apart, or
+    when the fit says a part gets faster as it grows (a scale <= 0) or the model costs less than its fixed
+    part (a < -fixed)."""
+    x = np.asarray(sums, dtype=float)
+    y = np.asarray(measured, dtype=float) - fixed
+    total = x.sum(axis=1)
+    scale = float(np.sum(total * y) / np.sum(total * total))
+    a, b_att, b_mlp = 0.0, scale, scale
+    if len(y) >= 5:
+        design = np.column_stack([np.ones(len(y)), x])
+        (a_fit, att_fit, mlp_fit), *_ = np.linalg.lstsq(design, y, rcond=None)
+        if att_fit > 0 and mlp_fit > 0 and a_fit >= -fixed:
+            a, b_att, b_mlp = float(a_fit), float(att_fit), float(mlp_fit)
+    predicted = fixed + a + b_att * x[:, 0] + b_mlp * x[:, 1]
+    error = np.abs(predicted - np.asarray(measured)) / np.asarray(measured)
+    return Fit(a=a, b_attention=b_att, b_mlp=b_mlp, models=len(y), mean_abs_error=float(error.mean()),
+               max_abs_error=float(error.max()))
 
 
 def cache_path(key: TableKey, round_to: int) -> Path:

@@ -4,9 +4,9 @@ Every block of a plain ViT sees the same tokens and width, so one table serves a
 `attention[h]` is one attention sub-block (norm, attention with h heads, residual) and `mlp_ms[k]`
 one MLP sub-block with `mlp_widths[k]` hidden neurons, in milliseconds for one batch, measured on
 the target (`vitshrink profile`, benchmarks/latency_profile.py). `fixed` is the rest (patch
-embedding, final norm, head). The prediction for a model is `a + b * (fixed + sum over blocks)`,
-with a and b fitted on whole models of random widths, which absorbs what sub-blocks timed alone
-miss. The table is a small JSON file: profile on the device, compress anywhere.
+embedding, final norm, head). The prediction for a model is `fixed + a + b_attention * sum of its
+attention times + b_mlp * sum of its MLP times`, with a and the two scales fitted on whole models of
+random widths, which absorbs what sub-blocks timed alone miss (and how differently they miss it). The table is a small JSON file: profile on the device, compress anywhere.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ class TableKey:
 
 @dataclass(frozen=True)
 class Fit:
+    """measured = fixed + a + b_attention * sum of attention times + b_mlp * sum of MLP times (whole models)."""
+
     a: float = 0.0  # ms
-    b: float = 1.0
+    b_attention: float = 1.0
+    b_mlp: float = 1.0
     models: int = 0  # whole models the fit was made on
     mean_abs_error: float | None = None  # of the fitted prediction on those models, as a fraction
     max_abs_error: float | None = None
@@ -64,16 +67,16 @@ class LatencyTable:
 
     def __post_init__(self):
         problems = []
-        values = (*self.attention, *self.mlp_ms, self.fixed, self.fit.a, self.fit.b)
-        if not all(np.isfinite(v) for v in values) or min(values) < 0:
+        values = (*self.attention, *self.mlp_ms, self.fixed, self.fit.b_attention, self.fit.b_mlp)
+        if not all(np.isfinite(v) for v in (*values, self.fit.a)) or min(values) < 0 or self.fixed + self.fit.a < 0:
             problems.append("times and fit must be finite and >= 0")
         if not self.attention or self.attention[0] != 0 or not self.mlp_ms or self.mlp_ms[0] != 0:
             problems.append("0 heads and 0 neurons must cost 0")
         if (len(self.mlp_widths) != len(self.mlp_ms) or not self.mlp_widths or self.mlp_widths[0] != 0
                 or any(b <= a for a, b in zip(self.mlp_widths, self.mlp_widths[1:], strict=False))):
             problems.append("mlp_widths must rise from 0, one time each")
-        if self.fit.b <= 0 or self.round_to < 1:
-            problems.append("the fit's b and round_to must be positive")
+        if min(self.fit.b_attention, self.fit.b_mlp) <= 0 or self.round_to < 1:
+            problems.append("the fit's scales and round_to must be positive")
         if problems:
             raise UnreadableFileError(f"latency table is invalid ({'; '.join(problems)}); make it again with "
                                       "`vitshrink profile`")
@@ -89,14 +92,22 @@ class LatencyTable:
             raise BudgetError(f"the latency table has MLP times for widths 0..{self.mlp_widths[-1]}, not {width}")
         return float(np.interp(width, self.mlp_widths, self.mlp_ms))
 
-    def block_ms(self, heads: int, hidden: int) -> float:
-        """Raw (unfitted) ms of one block; 0 heads and 0 neurons is a removed block."""
-        return self.attention_ms(heads) + self.mlp_time(hidden)
+    def attention_cost(self, heads: int) -> float:
+        """Predicted ms of one attention sub-block with `heads` heads inside a model (the fit applied)."""
+        return self.fit.b_attention * self.attention_ms(heads)
+
+    def mlp_cost(self, width: int) -> float:
+        """Predicted ms of one MLP sub-block of `width` neurons inside a model (the fit applied)."""
+        return self.fit.b_mlp * self.mlp_time(width)
+
+    @property
+    def fixed_cost(self) -> float:
+        """Predicted ms of everything outside the blocks (the fit's a included)."""
+        return self.fixed + self.fit.a
 
     def predict(self, blocks: list[tuple[int, int]]) -> float:
         """Predicted ms of a model whose blocks keep (heads, hidden) each."""
-        raw = self.fixed + sum(self.block_ms(h, m) for h, m in blocks)
-        return self.fit.a + self.fit.b * raw
+        return self.fixed_cost + sum(self.attention_cost(h) + self.mlp_cost(m) for h, m in blocks)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "unit": "ms per batch", **asdict(self)}

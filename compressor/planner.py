@@ -133,13 +133,12 @@ def _need_table(table: LatencyTable | None) -> LatencyTable:
 
 def _latency_costs(model: nn.Module, table: LatencyTable) -> ModelCosts:
     shapes = [(blk.attn.num_heads, mlp_hidden(blk.mlp)) for blk in model.blocks]
-    b = table.fit.b
     return ModelCosts(
         metric="latency",
-        fixed=table.fit.a + b * table.fixed,
-        blocks=tuple(b * table.block_ms(h, m) for h, m in shapes),
-        head=tuple(b * (table.attention_ms(h) - table.attention_ms(h - 1)) for h, _ in shapes),
-        neuron=tuple(b * (table.mlp_time(m) - table.mlp_time(m - 1)) for _, m in shapes),
+        fixed=table.fixed_cost,
+        blocks=tuple(table.attention_cost(h) + table.mlp_cost(m) for h, m in shapes),
+        head=tuple(table.attention_cost(h) - table.attention_cost(h - 1) for h, _ in shapes),
+        neuron=tuple(table.mlp_cost(m) - table.mlp_cost(m - 1) for _, m in shapes),
         num_heads=tuple(h for h, _ in shapes),
         hidden=tuple(m for _, m in shapes),
         table=table,
@@ -488,7 +487,7 @@ def _plan_latency(costs: ModelCosts, scores: Scores, *, target_removed: float, r
     together by a multiple-choice knapsack (least summed score removed; predicted latency at the target,
     or at most `tolerance` x the teacher's below it). Within a block the lowest-scored heads and groups
     go first, as in the FLOPs plan."""
-    table, b = costs.table, costs.table.fit.b
+    table = costs.table
     head_order = [np.argsort(scores.heads[i], kind="stable") for i in range(costs.depth)]
     groups = [_neuron_groups(scores.neurons[i], round_to) for i in range(costs.depth)]
     losses, prices, options = [], [], []  # per sub-block: option -> loss removed, predicted ms, units removed
@@ -496,12 +495,12 @@ def _plan_latency(costs: ModelCosts, scores: Scores, *, target_removed: float, r
         removable = max(0, costs.num_heads[i] - min_heads)
         head_loss = np.concatenate([[0.0], np.cumsum(scores.heads[i][head_order[i]])])[: removable + 1]
         losses.append(head_loss)
-        prices.append([b * table.attention_ms(costs.num_heads[i] - k) for k in range(removable + 1)])
+        prices.append([table.attention_cost(costs.num_heads[i] - k) for k in range(removable + 1)])
         options.append(("head", i))
         sizes = [0, *np.cumsum([len(g) for g in groups[i][:-1]])]  # keep the last group
         group_loss = np.concatenate([[0.0], np.cumsum([scores.neurons[i][g].sum() for g in groups[i][:-1]])])
         losses.append(group_loss)
-        prices.append([b * table.mlp_time(costs.hidden[i] - int(n)) for n in sizes])
+        prices.append([table.mlp_cost(costs.hidden[i] - int(n)) for n in sizes])
         options.append(("group", i))
     room = costs.total - target_removed - costs.fixed  # what the blocks may cost together
     most = costs.total - costs.fixed - sum(min(p) for p in prices)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from vitshrink.benchmarks.errors import BenchError
-from vitshrink.benchmarks.latency_profile import mlp_grid, profile, table_key
+from vitshrink.benchmarks.latency_profile import fit_table, mlp_grid, profile, table_key
 from vitshrink.cli import main
 from vitshrink.compressor import knapsack
 from vitshrink.compressor.artifact import load_artifact, save_artifact
@@ -79,7 +79,8 @@ def _staircase_table(key: TableKey | None = None) -> LatencyTable:
     widths = tuple(range(0, 257, 32))
     mlp = tuple(0.0 if w == 0 else 0.06 * np.ceil(w / 64) + 0.002 * w / 32 for w in widths)
     return LatencyTable(key or _key(), attention=(0.0, 0.1, 0.15, 0.2, 0.3), mlp_widths=widths, mlp_ms=mlp,
-                        fixed=0.05, fit=Fit(a=0.02, b=1.1, models=7, mean_abs_error=0.01, max_abs_error=0.02),
+                        fixed=0.05, fit=Fit(a=0.02, b_attention=1.1, b_mlp=1.1, models=7, mean_abs_error=0.01,
+                                max_abs_error=0.02),
                         round_to=32)
 
 
@@ -89,7 +90,18 @@ def test_table_round_trips_and_predicts_with_its_fit(tmp_path):
     back = LatencyTable.load(tmp_path / "t.json")
     assert back == table
     assert back.mlp_time(80) == pytest.approx((back.mlp_time(64) + back.mlp_time(96)) / 2)  # linear between widths
-    assert back.predict([(4, 256), (0, 0)]) == pytest.approx(0.02 + 1.1 * (0.05 + 0.3 + 0.24 + 0.016))
+    assert back.predict([(4, 256), (0, 0)]) == pytest.approx(0.05 + 0.02 + 1.1 * (0.3 + 0.24 + 0.016))
+
+
+def test_the_fit_tells_attention_from_mlp_time():
+    rng = np.random.default_rng(0)
+    sums = [(rng.uniform(1, 5), rng.uniform(2, 9)) for _ in range(9)]
+    measured = [0.5 + 0.3 + 1.4 * att + 0.9 * mlp for att, mlp in sums]  # fixed 0.5, a 0.3
+    fit = fit_table(sums, measured, fixed=0.5)
+    assert (fit.a, fit.b_attention, fit.b_mlp) == pytest.approx((0.3, 1.4, 0.9))
+    assert fit.max_abs_error == pytest.approx(0, abs=1e-9) and fit.models == 9
+    few = fit_table(sums[:3], measured[:3], fixed=0.5)  # too few models for three numbers: one scale
+    assert few.b_attention == few.b_mlp and few.a == 0
 
 
 @pytest.mark.parametrize("field, value", [("threads", 2), ("batch", 8), ("target", "torch-cpu"),
@@ -117,7 +129,7 @@ def test_a_bad_table_file_is_one_clear_error(tmp_path, content, message):
     ({"mlp_ms": (0.0, float("nan"), *([0.1] * 7))}, "finite"),
     ({"attention": (0.1, 0.1, 0.15, 0.2, 0.3)}, "must cost 0"),
     ({"mlp_widths": (0, 64, 32, 96, 128, 160, 192, 224, 256)}, "rise from 0"),
-    ({"fit": Fit(a=0.0, b=0.0)}, "positive"),
+    ({"fit": Fit(a=0.0, b_attention=0.0)}, "positive"),
 ])
 def test_an_invalid_table_is_refused(tmp_path, change, message):
     data = {**_staircase_table().to_dict(), **{k: (dataclasses.asdict(v) if isinstance(v, Fit) else v)
@@ -194,7 +206,7 @@ def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     assert len(table.attention) == 5 and table.attention[0] == 0 and min(table.attention[1:]) > 0
     assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
     assert table.mlp_ms[0] == 0 and min(table.mlp_ms[1:]) > 0 and table.fixed > 0
-    assert table.fit.models == 4 and table.fit.b > 0 and table.fit.mean_abs_error is not None
+    assert table.fit.models == 4 and table.fit.mean_abs_error is not None
 
 
 def test_mlp_grid_follows_the_planner_groups():
