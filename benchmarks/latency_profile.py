@@ -3,9 +3,12 @@
 One attention sub-block (norm, attention with h heads, residual) for h = 1..H, one MLP sub-block for
 every kept width on the `round_to` grid, and the fixed part (the model without blocks), each timed
 alone on the target: ONNX Runtime through the session `bench` uses (exporters/sessions.py), or eager
-PyTorch. Then whole models of random widths are timed, and the fit `measured = a + b * table sum`
-absorbs what sub-blocks alone miss; its error is recorded in the table. Every time is a median over
-repeats after a warm-up, in milliseconds per batch. Only plain timm `Block`s are profiled (a latency
+PyTorch. Then whole models of random widths are timed, and the fit `measured = fixed + a +
+b_attention * attention sum + b_mlp * MLP sum` absorbs what sub-blocks alone miss; its error is
+recorded in the table. Every time is a median over repeats after a warm-up, in milliseconds per
+batch, taken alternately with a reference of its kind (the full sub-block, the teacher) and stored as
+its ratio to the reference times the reference's median over the whole profile, so that a machine
+whose speed drifts during profiling (load, DVFS, a VM neighbour) does not bend the table. Only plain timm `Block`s are profiled (a latency
 budget on other families is refused, naming the block class).
 """
 
@@ -19,6 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +131,21 @@ def mlp_grid(hidden: int, round_to: int) -> list[int]:
     return [0, *sorted({hidden - first - k * round_to for k in range((hidden - first) // round_to)} | {hidden})]
 
 
+@dataclass
+class _Reference:
+    """A module timed alternately with every candidate of its kind: machine speed that drifts during profiling
+    (other load, DVFS on a Jetson, a noisy VM neighbour) moves both, and cancels in their ratio."""
+
+    run: Callable[[], object]
+    samples: list = field(default_factory=list)  # its median ms of each pairing
+
+    @property
+    def ms(self) -> float:
+        return statistics.median(self.samples)
+
+
 class _Clock:
-    """Times a module on the target: median ms over repeats after a warm-up."""
+    """Times a module on the target: median ms over repeats after a warm-up, or its ratio to a reference."""
 
     def __init__(self, target: str, threads: int | None, work: Path, repeats: int, min_seconds: float):
         self.target, self.threads, self.work = target, threads, work
@@ -138,6 +155,16 @@ class _Clock:
 
     def __call__(self, module: nn.Module, example: torch.Tensor) -> float:
         return _median_ms(self.prepare(module.eval(), example), self.repeats, self.min_seconds, self.sync)
+
+    def reference(self, module: nn.Module, example: torch.Tensor) -> _Reference:
+        return _Reference(self.prepare(module.eval(), example))
+
+    def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference) -> float:
+        """Median time of `module` over the reference's, the two called alternately."""
+        run = self.prepare(module.eval(), example)
+        mine, theirs = _paired_medians(run, reference.run, self.repeats, self.min_seconds, self.sync)
+        reference.samples.append(theirs)
+        return mine / theirs
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -173,6 +200,26 @@ class _Clock:
         in_name, out_name = io_names(session, path)
         feed = {in_name: example.numpy()}
         return lambda: session.run([out_name], feed)
+
+
+def _paired_medians(run: Callable[[], object], other: Callable[[], object], repeats: int, min_seconds: float,
+                    sync: Callable[[], None]) -> tuple[float, float]:
+    """Median ms of `run` and of `other`, called alternately (A B A B) after a warm-up of both."""
+    for _ in range(2):
+        run()
+        other()
+    sync()
+    times: tuple[list, list] = ([], [])
+    started = time.perf_counter()
+    while len(times[0]) < repeats or time.perf_counter() - started < 2 * min_seconds:
+        for fn, out in ((run, times[0]), (other, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - t0)
+        if len(times[0]) >= 50 * repeats:
+            break
+    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
 def _median_ms(run: Callable[[], object], repeats: int, min_seconds: float, sync: Callable[[], None]) -> float:
@@ -240,32 +287,40 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         # inside the model does not: time a call that does nothing with the same input and take it off
         overhead = clock(CallOverhead(), tokens)
         next(steps, None)
-        attention = [0.0]
+        # every sub-block is timed against the full one of its kind, every model against the teacher (ratios)
+        reference = clock.reference(AttentionPart(block), tokens)
+        ratios = []
         for h in range(1, heads + 1):
             part = copy.deepcopy(block)
             part.attn = prune_attention(part.attn, tuple(range(h)))
-            attention.append(max(clock(AttentionPart(part), tokens) - overhead, 0.0))
+            ratios.append(clock.ratio(AttentionPart(part), tokens, reference))
             next(steps, None)
-        mlp = [0.0]
+        attention = [0.0, *(max(r * reference.ms - overhead, 0.0) for r in ratios)]
+        reference = clock.reference(MlpPart(block), tokens)
+        ratios = []
         for m in widths[1:]:
             part = copy.deepcopy(block)
             part.mlp = prune_mlp(part.mlp, tuple(range(m)))
-            mlp.append(max(clock(MlpPart(part), tokens) - overhead, 0.0))
+            ratios.append(clock.ratio(MlpPart(part), tokens, reference))
             next(steps, None)
+        mlp = [0.0, *(max(r * reference.ms - overhead, 0.0) for r in ratios)]
         stem = copy.deepcopy(model)
         stem.blocks = nn.Sequential()
-        fixed = clock(stem, images)
+        reference = clock.reference(model, images)
+        fixed_ratio = clock.ratio(stem, images, reference)
         next(steps, None)
-        table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, round_to=round_to)
-        sums, measured = [], []  # per model: (sum of attention ms, sum of MLP ms), and its measured ms
+        table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), 0.0, round_to=round_to)
+        sums, ratios = [], []  # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's
         for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
             cut = copy.deepcopy(model)
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
             sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
                          sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
-            measured.append(clock(cut, images))
+            ratios.append(clock.ratio(cut, images, reference))
             next(steps, None)
         bar.close()
+    fixed = fixed_ratio * reference.ms
+    measured = [r * reference.ms for r in ratios]
     fit = fit_table(sums, measured, fixed)
     table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
                          seconds=round(time.perf_counter() - started, 1), round_to=round_to)
