@@ -334,19 +334,21 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
 def fit_table(sums: list[tuple[float, float]], measured: list[float], fixed: float) -> Fit:
     """Least squares of measured - fixed = a + b_attention * attention sum + b_mlp * MLP sum over whole models.
 
-    Falls back to one scale for both (and a = 0) when there are too few models to tell them apart, or
-    when the fit says a part gets faster as it grows (a scale <= 0) or the model costs less than its fixed
-    part (a < -fixed)."""
+    With too few models, or when the intercept would make a model cost less than its fixed part, the
+    fit drops a (two scales through the origin), then the second scale (one scale for both); a scale
+    <= 0 (a part that gets faster as it grows) is never accepted."""
     x = np.asarray(sums, dtype=float)
     y = np.asarray(measured, dtype=float) - fixed
     total = x.sum(axis=1)
     scale = float(np.sum(total * y) / np.sum(total * total))
     a, b_att, b_mlp = 0.0, scale, scale
     if len(y) >= 5:
-        design = np.column_stack([np.ones(len(y)), x])
-        (a_fit, att_fit, mlp_fit), *_ = np.linalg.lstsq(design, y, rcond=None)
+        (a_fit, att_fit, mlp_fit), *_ = np.linalg.lstsq(np.column_stack([np.ones(len(y)), x]), y, rcond=None)
+        (att_0, mlp_0), *_ = np.linalg.lstsq(x, y, rcond=None)
         if att_fit > 0 and mlp_fit > 0 and a_fit >= -fixed:
             a, b_att, b_mlp = float(a_fit), float(att_fit), float(mlp_fit)
+        elif att_0 > 0 and mlp_0 > 0:
+            b_att, b_mlp = float(att_0), float(mlp_0)
     predicted = fixed + a + b_att * x[:, 0] + b_mlp * x[:, 1]
     error = np.abs(predicted - np.asarray(measured)) / np.asarray(measured)
     return Fit(a=a, b_attention=b_att, b_mlp=b_mlp, models=len(y), mean_abs_error=float(error.mean()),
