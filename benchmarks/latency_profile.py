@@ -156,12 +156,12 @@ class _Clock:
     def __call__(self, module: nn.Module, example: torch.Tensor) -> float:
         return _median_ms(self.prepare(module.eval(), example), self.repeats, self.min_seconds, self.sync)
 
-    def reference(self, module: nn.Module, example: torch.Tensor) -> _Reference:
-        return _Reference(self.prepare(module.eval(), example))
+    def reference(self, module: nn.Module, example: torch.Tensor, deployed: bool = False) -> _Reference:
+        return _Reference(self.prepare(module.eval(), example, deployed))
 
-    def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference) -> float:
+    def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference, deployed: bool = False) -> float:
         """Median time of `module` over the reference's, the two called alternately."""
-        run = self.prepare(module.eval(), example)
+        run = self.prepare(module.eval(), example, deployed)
         mine, theirs = _paired_medians(run, reference.run, self.repeats, self.min_seconds, self.sync)
         reference.samples.append(theirs)
         return mine / theirs
@@ -170,7 +170,9 @@ class _Clock:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def prepare(self, module: nn.Module, example: torch.Tensor) -> Callable[[], object]:
+    def prepare(self, module: nn.Module, example: torch.Tensor, deployed: bool = False) -> Callable[[], object]:
+        """A call of `module` on `example` on the target. `deployed`: a whole model, exported as `vitshrink
+        export` writes it (dynamic batch, onnxslim), the graph `bench` times; sub-blocks are exported plainly."""
         if self.target.startswith("torch"):
             module = module.to(self.device)
             x = example.to(self.device)
@@ -187,8 +189,15 @@ class _Clock:
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about shapes that are constant here
-                torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
-                                  opset_version=17, dynamo=False)
+                if deployed:
+                    from vitshrink.exporters.io_spec import IOSpec
+                    from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
+
+                    io = IOSpec(tuple(example.shape[1:]), int(module.num_classes or module.num_features))
+                    export_onnx(module, io, path, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
+                else:
+                    torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
+                                      opset_version=17, dynamo=False)
         except Exception as e:  # torch.onnx raises RuntimeError/OnnxExporterError/...
             raise BenchError(f"profiling: cannot export a {type(module).__name__} to ONNX: {type(e).__name__}: {e}") from e
         providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] \
@@ -306,8 +315,8 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         mlp = [0.0, *(max(r * reference.ms - overhead, 0.0) for r in ratios)]
         stem = copy.deepcopy(model)
         stem.blocks = nn.Sequential()
-        reference = clock.reference(model, images)
-        fixed_ratio = clock.ratio(stem, images, reference)
+        reference = clock.reference(model, images, deployed=True)
+        fixed_ratio = clock.ratio(stem, images, reference, deployed=True)
         next(steps, None)
         table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), 0.0, round_to=round_to)
         sums, ratios = [], []  # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's
@@ -316,7 +325,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
             sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
                          sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
-            ratios.append(clock.ratio(cut, images, reference))
+            ratios.append(clock.ratio(cut, images, reference, deployed=True))
             next(steps, None)
         bar.close()
     fixed = fixed_ratio * reference.ms
