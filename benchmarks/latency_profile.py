@@ -160,11 +160,9 @@ class _Clock:
         return _Reference(self.prepare(module.eval(), example, deployed))
 
     def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference, deployed: bool = False) -> float:
-        """Median time of `module` over the reference's, the two called alternately (whole models, which are
-        timed for the fit only, half as many times as sub-blocks: their ratios are steadier and they are long)."""
+        """Median time of `module` over the reference's, the two called alternately."""
         run = self.prepare(module.eval(), example, deployed)
-        repeats = max(5, self.repeats // 2) if deployed else self.repeats
-        mine, theirs = _paired_medians(run, reference.run, repeats, self.min_seconds, self.sync)
+        mine, theirs = _paired_medians(run, reference.run, self.repeats, self.min_seconds, self.sync)
         reference.samples.append(theirs)
         return mine / theirs
 
