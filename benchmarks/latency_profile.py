@@ -35,7 +35,7 @@ from vitshrink.benchmarks.runtimes import get_runtime
 from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.families import mlp_hidden
 from vitshrink.compressor.flops import num_tokens
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
+from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid
 from vitshrink.compressor.progress import progress_bar
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
@@ -123,12 +123,6 @@ class CallOverhead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 1.0
-
-
-def mlp_grid(hidden: int, round_to: int) -> list[int]:
-    """The MLP widths a width plan can keep (whole `round_to` groups removed; a remainder group goes first), and 0."""
-    first = hidden % round_to
-    return [0, *sorted({hidden - first - k * round_to for k in range((hidden - first) // round_to)} | {hidden})]
 
 
 @dataclass

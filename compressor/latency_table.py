@@ -37,9 +37,12 @@ class TableKey:
 
     def mismatches(self, other: TableKey) -> list[str]:
         """'field: table X, wanted Y' for every field that differs."""
-        return [f"{name}: table {getattr(self, name)!r}, wanted {getattr(other, name)!r}"
-                for name in ("architecture", "target", "precision", "runtime_version", "threads", "batch", "device")
-                if getattr(self, name) != getattr(other, name)]
+        return self.differences(asdict(other))
+
+    def differences(self, wanted: dict) -> list[str]:
+        """'field: table X, wanted Y' for every field of `wanted` (field -> value) that differs."""
+        return [f"{name}: table {getattr(self, name)!r}, wanted {value!r}"
+                for name, value in wanted.items() if getattr(self, name) != value]
 
 
 @dataclass(frozen=True)
@@ -149,13 +152,11 @@ class LatencyTable:
         for (`asked`: TableKey fields; None = not asked). Device and runtime version are the table's own:
         a table travels from the device it was measured on."""
         wanted = {"architecture": architecture, **{k: v for k, v in asked.items() if v is not None}}
-        self._refuse([f"{name}: table {getattr(self.key, name)!r}, wanted {value!r}"
-                      for name, value in wanted.items() if getattr(self.key, name) != value], source)
+        self._refuse(self.key.differences(wanted), source)
 
     def check_grid(self, hidden: int, round_to: int, source: str = "the latency table") -> None:
         """Refuse a table whose MLP grid does not hold every width a plan with `round_to` keeps."""
-        first = hidden % round_to
-        kept = {hidden - first - k * round_to for k in range((hidden - first) // round_to)} | {hidden}
+        kept = set(mlp_grid(hidden, round_to)[1:])
         missing = sorted(kept - set(self.mlp_widths))
         if missing:
             raise BudgetError(f"{source} was measured on a --round-to {self.round_to} grid, which lacks the MLP "
@@ -167,3 +168,10 @@ class LatencyTable:
         if problems:
             raise BudgetError(f"{source} was made for something else ({'; '.join(problems)}); profile this "
                               "target with `vitshrink profile` or drop --latency-table to profile now")
+
+
+def mlp_grid(hidden: int, round_to: int) -> list[int]:
+    """The MLP widths a width plan can keep (whole `round_to` groups removed; a remainder group goes first,
+    as `planner._neuron_groups` orders them), and 0: the widths a table measures."""
+    first = hidden % round_to
+    return [0, *sorted({hidden - first - k * round_to for k in range((hidden - first) // round_to)} | {hidden})]

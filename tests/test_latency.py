@@ -12,13 +12,13 @@ from click.testing import CliRunner
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from vitshrink.benchmarks.errors import BenchError
-from vitshrink.benchmarks.latency_profile import fit_table, mlp_grid, profile, table_key
+from vitshrink.benchmarks.latency_profile import fit_table, profile, table_key
 from vitshrink.cli import main
 from vitshrink.compressor import knapsack
 from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.errors import BudgetError, UnreadableFileError
 from vitshrink.compressor.importance import Scores
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
+from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, model_costs, plan_units
 
