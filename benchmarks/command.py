@@ -171,7 +171,8 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
 @click.option("--model-arg", "model_args", multiple=True,
               help="Extra timm.create_model argument for a name, e.g. --model-arg img_size=32.")
 @click.option("--target", type=click.Choice(PROFILE_TARGETS), default="ort-cpu", show_default=True,
-              help="Runtime to measure on (as in bench --backends).")
+              help="Runtime to measure on (as in bench --backends; trt-fp16/trt-fp32: TensorRT on this machine's GPU, "
+                   "one engine build per sub-block and model, so a coarser --round-to builds fewer).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: torch's thread count].")
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,

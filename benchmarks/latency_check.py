@@ -8,6 +8,7 @@ beside the predicted one, with the student's measured time against its predictio
 
 from __future__ import annotations
 
+from vitshrink.benchmarks.latency_profile import bench_backend
 from vitshrink.benchmarks.results import LatencyRow, SpeedupRow
 
 
@@ -17,7 +18,7 @@ def latency_plan_check(compression: dict | None, threads: int, latency: tuple[La
     plan = (compression or {}).get("latency")
     if not plan:
         return None
-    backend, batch = f"{plan['target']}:{plan['precision']}", plan["batch"]
+    backend, batch = bench_backend(plan["target"]), plan["batch"]
     predicted = plan["predicted_ms"]
     out = {
         "backend": backend,

@@ -39,9 +39,14 @@ from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_
 from vitshrink.compressor.progress import progress_bar
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
+from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 
-TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda")  # what a table can be measured on
+TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
+MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
+ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-block and model
+PART_REPEATS = 6  # ... of each sub-block with its reference: at ViT-S batch 8 the ratio's spread over 20 tries
+# was 1.1% with 6 and 3.1% with 10 (one slow outlier), so the extra 4 pairs (40% of the table's time) buy nothing
 
 
 def architecture_of(model: nn.Module) -> dict:
@@ -64,30 +69,62 @@ def architecture_of(model: nn.Module) -> dict:
     }
 
 
-def table_key(model: nn.Module, target: str, batch: int, threads: int | None, precision: str = "fp32") -> TableKey:
-    """What a table for `model` measured here on `target` would be made for (architecture, runtime, batch,
-    threads, device); raises when the target cannot run here or the model's blocks cannot be profiled."""
-    check_profilable(model, target)
+def target_precision(target: str) -> str:
+    return "fp16" if target == "trt-fp16" else "fp32"
+
+
+def bench_backend(target: str) -> str:
+    """The `bench --backends` name of a table's target (trt-fp16 -> tensorrt:fp16)."""
+    runtime = "tensorrt" if target.startswith("trt") else target
+    return f"{runtime}:{target_precision(target)}"
+
+
+def _on_gpu(target: str) -> bool:
+    return target.endswith("cuda") or target.startswith("trt")
+
+
+def _device(target: str) -> torch.device:
+    return torch.device("cuda" if _on_gpu(target) else "cpu")
+
+
+def _device_name(target: str) -> str:
+    return torch.cuda.get_device_name(0) if _on_gpu(target) else cpu_model() or platform.processor()
+
+
+def _runtime_version(target: str) -> str:
     if target.startswith("ort"):
         import onnxruntime
 
-        version = f"onnxruntime {onnxruntime.__version__}"
-    else:
-        version = f"torch {torch.__version__}"
-    cuda = target.endswith("cuda")
-    device = torch.cuda.get_device_name(0) if cuda else cpu_model() or platform.processor()
-    return TableKey(architecture=architecture_of(model), target=target, precision=precision, runtime_version=version,
-                    threads=None if cuda else threads, batch=batch, device=device)
+        return f"onnxruntime {onnxruntime.__version__}"
+    if target.startswith("trt"):
+        from vitshrink.exporters.tensorrt_build import import_tensorrt
+
+        return f"tensorrt {import_tensorrt().__version__}"
+    return f"torch {torch.__version__}"
+
+
+def _unavailable(target: str) -> str | None:
+    """Why `target` cannot run here (its runtime's check, then a GPU for GPU targets), or None."""
+    reason = get_runtime(bench_backend(target).split(":")[0]).check()
+    if reason is None and _on_gpu(target) and not torch.cuda.is_available():
+        reason = "this PyTorch build sees no CUDA GPU (torch.cuda.is_available() is False)"
+    return reason
+
+
+def table_key(model: nn.Module, target: str, batch: int, threads: int | None) -> TableKey:
+    """What a table for `model` measured here on `target` would be made for (architecture, runtime, batch,
+    threads, device); raises when the target cannot run here or the model's blocks cannot be profiled."""
+    check_profilable(model, target)
+    return TableKey(architecture=architecture_of(model), target=target, precision=target_precision(target),
+                    runtime_version=_runtime_version(target), threads=None if _on_gpu(target) else threads,
+                    batch=batch, device=_device_name(target))
 
 
 def check_profilable(model: nn.Module, target: str) -> None:
     """One clear error for an unknown or absent target, or a model whose blocks the profiler cannot cut."""
     if target not in TARGETS:
-        hint = " (TensorRT tables are not built yet: plan on ort-cuda, or on flops)" if target.startswith(("trt", "tensorrt")) else ""
-        raise BenchError(f"unknown latency target {target!r}; choose from {', '.join(TARGETS)}{hint}")
-    reason = get_runtime(target).check()
-    if reason is None and target.endswith("cuda") and not torch.cuda.is_available():
-        reason = "this PyTorch build sees no CUDA GPU (torch.cuda.is_available() is False)"
+        raise BenchError(f"unknown latency target {target!r}; choose from {', '.join(TARGETS)}")
+    reason = _unavailable(target)
     if reason:
         raise RuntimeUnavailableError(f"latency target {target} cannot run here: {reason}")
     blocks = {type(b).__name__ for b in getattr(model, "blocks", [])}
@@ -144,7 +181,7 @@ class _Clock:
     def __init__(self, target: str, threads: int | None, work: Path, repeats: int, min_seconds: float):
         self.target, self.threads, self.work = target, threads, work
         self.repeats, self.min_seconds = repeats, min_seconds
-        self.device = torch.device("cuda" if target.endswith("cuda") else "cpu")
+        self.device = _device(target)
         self.count = 0
 
     def __call__(self, module: nn.Module, example: torch.Tensor) -> float:
@@ -153,10 +190,12 @@ class _Clock:
     def reference(self, module: nn.Module, example: torch.Tensor, deployed: bool = False) -> _Reference:
         return _Reference(self.prepare(module.eval(), example, deployed))
 
-    def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference, deployed: bool = False) -> float:
-        """Median time of `module` over the reference's, the two called alternately."""
+    def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference, deployed: bool = False,
+              repeats: int | None = None) -> float:
+        """Median time of `module` over the reference's, the two called alternately (`repeats` pairs at least,
+        default the clock's)."""
         run = self.prepare(module.eval(), example, deployed)
-        mine, theirs = _paired_medians(run, reference.run, self.repeats, self.min_seconds, self.sync)
+        mine, theirs = _paired_medians(run, reference.run, repeats or self.repeats, self.min_seconds, self.sync)
         reference.samples.append(theirs)
         return mine / theirs
 
@@ -190,10 +229,12 @@ class _Clock:
                     io = IOSpec(tuple(example.shape[1:]), int(module.num_classes or module.num_features))
                     export_onnx(module, io, path, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
                 else:
-                    torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
-                                      opset_version=17, dynamo=False)
+                    torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
+                                      output_names=[OUTPUT_NAME], opset_version=17, dynamo=False)
         except Exception as e:  # torch.onnx raises RuntimeError/OnnxExporterError/...
             raise BenchError(f"profiling: cannot export a {type(module).__name__} to ONNX: {type(e).__name__}: {e}") from e
+        if self.target.startswith("trt"):
+            return self._engine_run(path, example, deployed)
         providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] \
             if self.device.type == "cuda" else ["CPUExecutionProvider"]
         session = ort_session(path, threads=self.threads, providers=providers)
@@ -203,6 +244,32 @@ class _Clock:
         in_name, out_name = io_names(session, path)
         feed = {in_name: example.numpy()}
         return lambda: session.run([out_name], feed)
+
+
+    def _engine_run(self, path: Path, example: torch.Tensor, deployed: bool) -> Callable[[], object]:
+        """A TensorRT engine built from `path` (FP16 on trt-fp16: TensorRT 10 lowers the FP32 graph itself,
+        TensorRT >= 11 gets the FP16 graph), for exactly `example`'s shape, run on GPU tensors."""
+        from vitshrink.exporters.sessions import TensorRTEngine
+        from vitshrink.exporters.tensorrt_build import import_tensorrt, serialize_engine, strongly_typed
+
+        trt = import_tensorrt()
+        precision = target_precision(self.target)
+        if precision == "fp16" and strongly_typed(trt):
+            from vitshrink.exporters.fp16 import convert_fp16
+
+            typed = path.with_suffix(".fp16.onnx")
+            convert_fp16(path, typed)
+            path = typed
+        shape = tuple(example.shape)  # a whole model is exported with a dynamic batch: one profile at this batch
+        shapes = {"min": shape, "opt": shape, "max": shape} if deployed else None
+        plan, _ = serialize_engine(trt, path, precision, workspace_mb=ENGINE_WORKSPACE_MB, shapes=shapes,
+                                   timing_cache=self.work / "timing.cache")
+        engine_path = path.with_suffix(".engine")
+        engine_path.write_bytes(plan)
+        engine = TensorRTEngine.load(engine_path)
+        x = example.to(self.device)
+        y = engine.output_for(x)
+        return lambda: engine.execute(x, y)
 
 
 def _paired_medians(run: Callable[[], object], other: Callable[[], object], repeats: int, min_seconds: float,
@@ -258,20 +325,21 @@ def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count:
 
 
 def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | None = None, round_to: int = 8,
-            repeats: int = 10, min_seconds: float = 0.05, fit_models: int = FIT_MODELS, progress: bool = True,
+            repeats: int = MODEL_REPEATS, part_repeats: int = PART_REPEATS, min_seconds: float = 0.05, fit_models: int = FIT_MODELS, progress: bool = True,
             log=print) -> LatencyTable:
     """Measure the latency table of `model` (a timm ViT, any weights) on `target` at `batch` and `threads`."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)  # torch targets; ONNX Runtime gets them through its session options
     try:
-        return _profile(model, target, batch, threads, round_to, repeats, min_seconds, fit_models, progress, log)
+        return _profile(model, target, batch, threads, round_to, repeats, part_repeats, min_seconds, fit_models,
+                        progress, log)
     finally:
         torch.set_num_threads(previous)
 
 
 def _profile(model: nn.Module, target: str, batch: int, threads: int | None, round_to: int, repeats: int,
-             min_seconds: float, fit_models: int, progress: bool, log) -> LatencyTable:
+             part_repeats: int, min_seconds: float, fit_models: int, progress: bool, log) -> LatencyTable:
     key = table_key(model, target, batch, threads)
     started = time.perf_counter()
     model = copy.deepcopy(model).float().eval()
@@ -296,7 +364,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         for h in range(1, heads + 1):
             part = copy.deepcopy(block)
             part.attn = prune_attention(part.attn, tuple(range(h)))
-            ratios.append(clock.ratio(AttentionPart(part), tokens, reference))
+            ratios.append(clock.ratio(AttentionPart(part), tokens, reference, repeats=part_repeats))
             next(steps, None)
         attention = [0.0, *(max(r * reference.ms - overhead, 0.0) for r in ratios)]
         reference = clock.reference(MlpPart(block), tokens)
@@ -304,7 +372,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         for m in widths[1:]:
             part = copy.deepcopy(block)
             part.mlp = prune_mlp(part.mlp, tuple(range(m)))
-            ratios.append(clock.ratio(MlpPart(part), tokens, reference))
+            ratios.append(clock.ratio(MlpPart(part), tokens, reference, repeats=part_repeats))
             next(steps, None)
         mlp = [0.0, *(max(r * reference.ms - overhead, 0.0) for r in ratios)]
         stem = copy.deepcopy(model)
@@ -313,13 +381,15 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         fixed_ratio = clock.ratio(stem, images, reference, deployed=True)
         next(steps, None)
         table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), 0.0, round_to=round_to)
-        sums, ratios = [], []  # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's
+        # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's; the first is the
+        # teacher itself, whose ratio to itself is 1 by definition (timing it against itself would only add noise)
+        sums, ratios = [], []
         for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
             cut = copy.deepcopy(model)
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
             sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
                          sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
-            ratios.append(clock.ratio(cut, images, reference, deployed=True))
+            ratios.append(1.0 if plan == PrunePlan() else clock.ratio(cut, images, reference, deployed=True))
             next(steps, None)
         bar.close()
     fixed = fixed_ratio * reference.ms

@@ -79,12 +79,45 @@ def build_engine(
     """Parse the ONNX file in `folder`, build `model.<precision>.engine` beside it, update the timing cache."""
     trt = import_tensorrt()
     gpu, capability = cuda_device()
+    typed = strongly_typed(trt)
+    onnx_path = folder / engine_onnx_file(precision, typed)
+    start = time.perf_counter()
+    plan, reused = serialize_engine(trt, onnx_path, precision, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                                    shapes=profile.shapes(io) if io.dynamic else None)
+    seconds = time.perf_counter() - start
+    name = engine_file(precision)
+    (folder / name).write_bytes(plan)
+    return EngineBuild(
+        engine_file=name,
+        onnx_file=onnx_path.name,
+        precision=precision,
+        tensorrt_version=trt.__version__,
+        gpu=gpu,
+        compute_capability=capability,
+        strongly_typed=typed,
+        workspace_mb=workspace_mb,
+        timing_cache=str(timing_cache),
+        timing_cache_reused=reused,
+        build_seconds=round(seconds, 3),
+    )
+
+
+def strongly_typed(trt) -> bool:
+    """TensorRT 11 removed BuilderFlag.FP16 with weak typing: precision then comes from the graph (an FP16
+    engine needs the FP16 ONNX file, exporters/fp16.py)."""
+    return not hasattr(trt.BuilderFlag, "FP16")
+
+
+def serialize_engine(trt, onnx_path: Path, precision: str, *, workspace_mb: int, timing_cache: Path,
+                     shapes: dict | None = None) -> tuple[bytes, bool]:
+    """Build `onnx_path` into a serialized engine (the plan's bytes) and update the timing cache at `timing_cache`.
+
+    `shapes`: {"min", "opt", "max"} input shapes of the one optimization profile a dynamic graph needs.
+    Returns the plan and whether the timing cache was reused (made on this GPU and TensorRT)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # TensorRT 11 removed BuilderFlag.FP16 with weak typing: precision then comes from the graph.
-    strongly_typed = not hasattr(trt.BuilderFlag, "FP16")
-    onnx_path = folder / engine_onnx_file(precision, strongly_typed)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    typed = strongly_typed(trt)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file, so external weights are found
@@ -93,37 +126,20 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision == "fp16" and not strongly_typed:
+    if precision == "fp16" and not typed:
         config.set_flag(trt.BuilderFlag.FP16)
-    if io.dynamic:
-        shapes = profile.shapes(io)
+    if shapes is not None:
         trt_profile = builder.create_optimization_profile()
         trt_profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(trt_profile)
     cache, reused = _attach_timing_cache(config, timing_cache)
 
-    start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
     if plan is None:
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path.name}; see its log above")
-    name = engine_file(precision)
-    (folder / name).write_bytes(bytes(plan))
     with atomic_file(timing_cache) as tmp:
         tmp.write_bytes(bytes(cache.serialize()))
-    return EngineBuild(
-        engine_file=name,
-        onnx_file=onnx_path.name,
-        precision=precision,
-        tensorrt_version=trt.__version__,
-        gpu=gpu,
-        compute_capability=capability,
-        strongly_typed=strongly_typed,
-        workspace_mb=workspace_mb,
-        timing_cache=str(timing_cache),
-        timing_cache_reused=reused,
-        build_seconds=round(seconds, 3),
-    )
+    return bytes(plan), reused
 
 
 def _attach_timing_cache(config, path: Path):

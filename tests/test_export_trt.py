@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
-from pathlib import Path
 
-import onnx
 import pytest
 from test_export_helpers import tiny_artifact
 
+from tests.fake_tensorrt import fake_tensorrt
 from vitshrink.exporters import tensorrt_build
 from vitshrink.exporters.api import ExportConfig, export
 from vitshrink.exporters.errors import TensorRTUnavailableError
@@ -168,83 +166,6 @@ def test_require_engine_fails_but_keeps_the_validated_onnx(tmp_path, no_tensorrt
     assert (folder / ONNX_FILE).is_file() and (folder / BUILD_SCRIPT).is_file()
 
 
-def _fake_tensorrt(version: str, calls: dict) -> types.ModuleType:
-    """A stand-in for the tensorrt module that records what the builder is asked to do."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    has_fp16_flag = int(version.split(".")[0]) < 11  # TensorRT 11 removed BuilderFlag.FP16
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity):
-            pass
-
-    class Cache:
-        def __init__(self, data: bytes):
-            calls["cache_in"] = data
-
-        def serialize(self) -> bytes:
-            return b"fake-timing-cache"
-
-    class Profile:
-        def set_shape(self, name, low, opt, high):
-            calls["profile"] = (name, tuple(low), tuple(opt), tuple(high))
-
-    class Config:  # records the last build's settings
-        def __init__(self):
-            calls["flags"], calls["profiles"] = [], 0
-
-        def set_memory_pool_limit(self, pool, size):
-            calls["pool"] = (pool, size)
-
-        def set_flag(self, flag):
-            calls["flags"].append(flag)
-
-        def add_optimization_profile(self, profile):
-            calls["profiles"] += 1
-
-        def create_timing_cache(self, data: bytes):
-            return Cache(data)
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            return calls["cache_in"] == b"fake-timing-cache"  # only our own cache "matches this GPU"
-
-    class Parser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            calls["parsed"] = Path(path).name
-            onnx.checker.check_model(path)  # the file handed over is a valid ONNX graph
-            return True
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return object()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            return b"fake-engine-plan"
-
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
-    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "FP16"} if has_fp16_flag else {}))
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    return trt
-
-
 @pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
 def test_python_builder_orchestration_with_a_fake_tensorrt(tmp_path, monkeypatch, version):
     """FAKE TensorRT: tests only what vitshrink asks the builder for and what it writes.
@@ -254,7 +175,7 @@ def test_python_builder_orchestration_with_a_fake_tensorrt(tmp_path, monkeypatch
     a real TensorRT parses the graph or that a real engine matches PyTorch.
     """
     calls: dict = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, calls))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, calls))
     monkeypatch.setattr(tensorrt_build, "cuda_device", lambda: ("Fake Orin", "8.7"))
     monkeypatch.setattr(
         tensorrt_build, "engine_runner", lambda path: onnx_runner(path.parent / calls["parsed"])

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
+import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
-from vitshrink.benchmarks.errors import BenchError
+from tests.fake_tensorrt import fake_tensorrt
+from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
 from vitshrink.benchmarks.latency_profile import fit_table, profile, table_key
 from vitshrink.cli import main
 from vitshrink.compressor import knapsack
@@ -214,11 +217,65 @@ def test_mlp_grid_follows_the_planner_groups():
     assert mlp_grid(16, 1)[-3:] == [14, 15, 16]
 
 
-@pytest.mark.parametrize("target, message", [("trt-fp16", "TensorRT tables are not built yet"),
-                                             ("onnx", "unknown latency target")])
-def test_profile_refuses_an_unknown_target(target, message):
-    with pytest.raises(BenchError, match=message):
-        table_key(tiny_vit(), target, 1, 1)
+def test_profile_refuses_an_unknown_target():
+    with pytest.raises(BenchError, match="unknown latency target 'onnx'; choose from ort-cpu.*trt-fp16"):
+        table_key(tiny_vit(), "onnx", 1, 1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_profile_on_tensorrt_without_it_says_what_is_missing():
+    with pytest.raises(RuntimeUnavailableError, match="latency target trt-fp16 cannot run here: the tensorrt package"):
+        table_key(tiny_vit(), "trt-fp16", 1, 1)
+
+
+class _OrtAsEngine:
+    """Runs a fake "engine" with ONNX Runtime on the ONNX file it was built from (same name, .onnx)."""
+
+    def __init__(self, path):
+        from vitshrink.exporters.sessions import io_names, ort_session
+
+        onnx_path = path.with_suffix(".onnx")
+        self.session = ort_session(onnx_path, threads=1)
+        self.names = io_names(self.session, onnx_path)
+
+    def output_for(self, x):
+        return None
+
+    def execute(self, x, y):
+        self.session.run([self.names[1]], {self.names[0]: x.numpy()})
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
+def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, version):
+    """FAKE TensorRT: tests only what the profiler asks the builder for (files, FP16 flag, shapes) and that a
+    table comes out; the "engines" run on ONNX Runtime, on the CPU. No real TensorRT has built these."""
+    import torch
+
+    from vitshrink.benchmarks import latency_profile
+    from vitshrink.exporters.sessions import TensorRTEngine
+
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, calls))
+    monkeypatch.setattr(latency_profile, "_unavailable", lambda target: None)
+    monkeypatch.setattr(latency_profile, "_device", lambda target: torch.device("cpu"))
+    monkeypatch.setattr(latency_profile, "_device_name", lambda target: "Fake Orin")
+    monkeypatch.setattr(TensorRTEngine, "load", lambda path, device_id=0: _OrtAsEngine(path))
+
+    table = profile(tiny_vit(), "trt-fp16", batch=2, threads=3, round_to=64, repeats=2, part_repeats=2,
+                    min_seconds=0.0, fit_models=3, progress=False, log=lambda *a: None)
+
+    key = table.key
+    assert (key.target, key.precision, key.runtime_version, key.threads, key.device) == \
+        ("trt-fp16", "fp16", f"tensorrt {version}", None, "Fake Orin")
+    assert len(table.attention) == 5 and table.mlp_widths == (0, 64, 128, 192, 256) and table.fit.models == 4
+    parsed = calls["parsed_files"]  # overhead + reference and 4 head counts + reference and 4 widths + 5 models
+    assert len(parsed) == 1 + 5 + 5 + 5
+    tensorrt10 = version.startswith("10.")
+    assert all(name.endswith(".fp16.onnx") != tensorrt10 for name in parsed)  # TensorRT 11: the FP16 graph
+    assert calls["flags"] == (["FP16"] if tensorrt10 else [])
+    # whole models are exported with a dynamic batch: one profile pinned at the profiled batch; sub-blocks are static
+    assert calls["profile"] == ("input", (2, 3, 16, 16), (2, 3, 16, 16), (2, 3, 16, 16))
+    assert calls["profile_count"] == 5
 
 
 def test_profile_refuses_blocks_it_cannot_time():
