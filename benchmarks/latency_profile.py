@@ -15,6 +15,7 @@ budget on other families is refused, naming the block class).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -44,6 +45,8 @@ from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
+RETIME_ERROR = 0.08  # a whole model the fit misses by more than this is timed again (twice the pairs) ...
+RETIMES = 2  # ... at most this many models
 ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-block and model
 PART_REPEATS = 6  # ... of each sub-block with its reference: at ViT-S batch 8 the ratio's spread over 20 tries
 # was 1.1% with 6 and 3.1% with 10 (one slow outlier), so the extra 4 pairs (40% of the table's time) buy nothing
@@ -383,18 +386,32 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), 0.0, round_to=round_to)
         # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's; the first is the
         # teacher itself, whose ratio to itself is 1 by definition (timing it against itself would only add noise)
-        sums, ratios = [], []
+        sums, ratios, cuts = [], [], []
         for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
             cut = copy.deepcopy(model)
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
             sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
                          sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
             ratios.append(1.0 if plan == PrunePlan() else clock.ratio(cut, images, reference, deployed=True))
+            cuts.append(cut)
             next(steps, None)
         bar.close()
-    fixed = fixed_ratio * reference.ms
-    measured = [r * reference.ms for r in ratios]
-    fit = fit_table(sums, measured, fixed)
+        fixed = fixed_ratio * reference.ms
+        measured = [r * reference.ms for r in ratios]
+        fit = fit_table(sums, measured, fixed)
+        # a model the fit misses by far was most likely timed while something else ran: time it again, longer
+        retimed: list[int] = []
+        while fit.max_abs_error > RETIME_ERROR and len(retimed) < RETIMES:
+            errors = leave_one_out_errors(sums, measured, fixed)
+            worst = max((i for i in range(1, len(cuts)) if i not in retimed), key=errors.__getitem__, default=None)
+            if worst is None:
+                break
+            log(f"latency table: the fit misses model {worst} by {errors[worst]:.1%}; timing it again")
+            ratios[worst] = clock.ratio(cuts[worst], images, reference, deployed=True, repeats=2 * repeats)
+            retimed.append(worst)
+            fixed = fixed_ratio * reference.ms
+            measured = [r * reference.ms for r in ratios]
+            fit = fit_table(sums, measured, fixed)
     table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
                          seconds=round(time.perf_counter() - started, 1), round_to=round_to)
     log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
@@ -422,10 +439,27 @@ def fit_table(sums: list[tuple[float, float]], measured: list[float], fixed: flo
             a, b_att, b_mlp = float(a_fit), float(att_fit), float(mlp_fit)
         elif att_0 > 0 and mlp_0 > 0:
             b_att, b_mlp = float(att_0), float(mlp_0)
-    predicted = fixed + a + b_att * x[:, 0] + b_mlp * x[:, 1]
-    error = np.abs(predicted - np.asarray(measured)) / np.asarray(measured)
-    return Fit(a=a, b_attention=b_att, b_mlp=b_mlp, models=len(y), mean_abs_error=float(error.mean()),
-               max_abs_error=float(error.max()))
+    fit = Fit(a=a, b_attention=b_att, b_mlp=b_mlp, models=len(y))
+    error = fit_errors(fit, sums, measured, fixed)
+    return dataclasses.replace(fit, mean_abs_error=float(error.mean()), max_abs_error=float(error.max()))
+
+
+def leave_one_out_errors(sums: list[tuple[float, float]], measured: list[float], fixed: float) -> list[float]:
+    """Per whole model, the relative error of a fit made on all the others: one model timed while the machine
+    was busy pulls a fit on all of them towards itself, and may not have the largest residual there."""
+    errors = []
+    for i in range(len(measured)):
+        rest = [j for j in range(len(measured)) if j != i]
+        fit = fit_table([sums[j] for j in rest], [measured[j] for j in rest], fixed)
+        errors.append(float(fit_errors(fit, [sums[i]], [measured[i]], fixed)[0]))
+    return errors
+
+
+def fit_errors(fit: Fit, sums: list[tuple[float, float]], measured: list[float], fixed: float) -> np.ndarray:
+    """|predicted - measured| / measured of each whole model."""
+    x = np.asarray(sums, dtype=float)
+    predicted = fixed + fit.a + fit.b_attention * x[:, 0] + fit.b_mlp * x[:, 1]
+    return np.abs(predicted - np.asarray(measured)) / np.asarray(measured)
 
 
 def cache_path(key: TableKey, round_to: int) -> Path:

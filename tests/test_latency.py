@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import statistics
 import sys
 
 import numpy as np
@@ -210,6 +211,65 @@ def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
     assert table.mlp_ms[0] == 0 and min(table.mlp_ms[1:]) > 0 and table.fixed > 0
     assert table.fit.models == 4 and table.fit.mean_abs_error is not None
+
+
+class _LinearClock:
+    """Stands in for the profiler's clock: every module costs a known linear function of its heads and MLP
+    widths (so the fit is exact), except the whole-model timings numbered in `disturbed` (0: the first one
+    timed), which come out 1.5x slow."""
+
+    def __init__(self, disturbed: set):
+        self.disturbed, self.model_calls = disturbed, []  # model_calls: (id of the model, repeats asked)
+
+    @staticmethod
+    def cost(module) -> float:
+        if hasattr(module, "blocks"):  # a whole model: the stem, plus its blocks
+            return 1.0 + sum(0.4 * b.attn.num_heads + 0.01 * b.mlp.fc1.out_features for b in module.blocks)
+        if hasattr(module, "attn"):
+            return 0.4 * module.attn.num_heads
+        if hasattr(module, "mlp"):
+            return 0.01 * module.mlp.fc1.out_features
+        return 0.0  # the empty call
+
+    def ratio(self, module, reference, deployed, repeats) -> float:
+        reference.samples.append(self.cost(reference.module))
+        ms = self.cost(module)
+        if deployed:
+            if len(self.model_calls) in self.disturbed:
+                ms *= 1.5
+            self.model_calls.append((id(module), repeats))
+        return ms / self.cost(reference.module)
+
+
+class _FakeReference:
+    def __init__(self, module):
+        self.module, self.samples = module, []
+
+    @property
+    def ms(self) -> float:
+        return statistics.median(self.samples)
+
+
+@pytest.mark.parametrize("disturbed", [set(), {3}])
+def test_profile_times_again_a_whole_model_the_fit_misses(monkeypatch, disturbed):
+    from vitshrink.benchmarks import latency_profile
+
+    fake = _LinearClock(set(disturbed))
+    monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: fake.cost(m))
+    monkeypatch.setattr(latency_profile._Clock, "reference", lambda clock, m, x, deployed=False: _FakeReference(m))
+    monkeypatch.setattr(latency_profile._Clock, "ratio", lambda clock, m, x, ref, deployed=False, repeats=None:
+                        fake.ratio(m, ref, deployed, repeats))
+    logs = []
+    table = profile(tiny_vit(), "ort-cpu", batch=1, threads=1, round_to=64, repeats=3, fit_models=6, progress=False,
+                    log=logs.append)
+
+    assert table.fit.max_abs_error < 1e-9  # the fit is exact once the disturbed model is timed again
+    first_times = 1 + 6  # the stem, then every fit model but the teacher (timing 3 is fit model 3)
+    if disturbed:  # fit model 3 timed once more, with twice the pairs
+        assert len(fake.model_calls) == first_times + 1 and fake.model_calls[-1] == (fake.model_calls[3][0], 6)
+        assert any("timing it again" in line for line in logs)
+    else:
+        assert len(fake.model_calls) == first_times and not any("again" in line for line in logs)
 
 
 def test_mlp_grid_follows_the_planner_groups():
