@@ -329,13 +329,14 @@ def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, 
         ("trt-fp16", "fp16", f"tensorrt {version}", None, "Fake Orin")
     assert len(table.attention) == 5 and table.mlp_widths == (0, 64, 128, 192, 256) and table.fit.models == 4
     parsed = calls["parsed_files"]  # overhead + reference and 4 head counts + reference and 4 widths + 5 models
-    assert len(parsed) == 1 + 5 + 5 + 5
+    retimed = len(parsed) - (1 + 5 + 5 + 5)  # tiny models' times are noise: the fit may time up to 2 again
+    assert 0 <= retimed <= 2
     tensorrt10 = version.startswith("10.")
     assert all(name.endswith(".fp16.onnx") != tensorrt10 for name in parsed)  # TensorRT 11: the FP16 graph
     assert calls["flags"] == (["FP16"] if tensorrt10 else [])
     # whole models are exported with a dynamic batch: one profile pinned at the profiled batch; sub-blocks are static
     assert calls["profile"] == ("input", (2, 3, 16, 16), (2, 3, 16, 16), (2, 3, 16, 16))
-    assert calls["profile_count"] == 5
+    assert calls["profile_count"] == 5 + retimed
 
 
 def test_profile_refuses_blocks_it_cannot_time():
