@@ -170,7 +170,7 @@ def compress_config(kw: dict) -> CompressConfig:
                    "distillation. Default width: at equal budget it was more accurate than width,depth on the "
                    "validation split (README, Results).")
 @click.option("--width-steps", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Split the width stage into N prune+distill steps (iterative pruning).")
+              help="Split the width stage into N prune+distill steps (iterative pruning); N > 1 needs a width stage.")
 @click.option("--depth-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Share of the target reduction assigned to depth (blocks), the rest to width.")
 @click.option("--depth-blocks", type=click.IntRange(min=0), default=None,

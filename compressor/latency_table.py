@@ -55,6 +55,7 @@ class Fit:
     models: int = 0  # whole models the fit was made on
     mean_abs_error: float | None = None  # of the fitted prediction on those models, as a fraction
     max_abs_error: float | None = None
+    left_out_error: float | None = None  # a model left out of the fit as an outlier: a fit on the rest misses it by this
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class CompressConfig:
     # width only by default: more accurate than ("width", "depth") at equal budget on the validation split
     # (README, Results); ("width", "depth") is the paper's order; ("depth",) alone. Each at most once.
     stages: tuple[str, ...] = ("width",)
-    width_steps: int = 1  # the width stage as N prune+distill steps (iterative pruning); ignored without it
+    width_steps: int = 1  # the width stage as N prune+distill steps (iterative pruning); > 1 needs a width stage
     depth_share: float = 0.5  # share of the target reduction that depth pruning should deliver
     depth_blocks: int | None = None  # explicit number of blocks to remove (overrides depth_share)
     criterion: str = "taylor"  # head/neuron importance (see vitshrink.compressor.importance.CRITERIA)
@@ -79,6 +79,9 @@ class CompressConfig:
             raise BudgetError("depth may appear once, as the last stage (the paper's order: width, then depth)")
         if not isinstance(self.width_steps, int) or self.width_steps < 1:
             raise BudgetError(f"width_steps (--width-steps) must be a whole number >= 1, got {self.width_steps!r}")
+        if self.width_steps > 1 and "width" not in self.stages:
+            raise BudgetError(f"--width-steps {self.width_steps} splits the width stage, but --stages "
+                              f"{','.join(self.stages)} has none; add width (e.g. --stages width,depth) or drop it")
         if not 0.0 <= self.depth_share <= 1.0:
             raise BudgetError(f"--depth-share must be in [0, 1], got {self.depth_share}")
         if self.plan is not None:

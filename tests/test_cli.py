@@ -61,6 +61,7 @@ def test_width_only_lands_on_target(teacher_dir, tmp_path):
         (["--stages", "width,foo"], "unknown stages"),
         (["--stages", "width,width"], "width may appear once; for iterative width pruning give the number of steps"),
         (["--width-steps", "0"], "0 is not in the range x>=1"),
+        (["--stages", "depth", "--width-steps", "2"], "--width-steps 2 splits the width stage, but --stages depth"),
         (["--dataset", "imagefolder", "--data-dir", "/nonexistent", "--model", "vit_tiny_patch16_224"], "does not exist"),
     ],
 )

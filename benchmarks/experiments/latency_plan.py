@@ -19,6 +19,7 @@ training; the FLOPs plans' accuracy is interpolated at the latency plan's realis
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -122,19 +123,22 @@ def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threa
             ratio = macs / count_macs(student)
             t = timed[name]
             row = {"plan": name, "batch": batch, "threads": threads, "profile_seconds": round(profile_s, 1),
-                   "fit_mean_abs_error": table.fit.mean_abs_error,
+                   "fit_mean_abs_error": table.fit.mean_abs_error, "fit": dataclasses.asdict(table.fit),
                    "heads": [b.attn.num_heads for b in student.blocks],
                    "mlp": [b.mlp.fc1.out_features for b in student.blocks],
                    "flops_reduction": 1 - 1 / ratio, "flops_ratio": ratio, **t, "realised_share": t["ratio"] / ratio}
             if name == "latency":
                 predicted_ms = model_cost(student, "latency", table)
+                # the VM's speed drifts between profiling and timing: also against the teacher timed with it
+                relative = (t["student_ms"] / t["teacher_ms"]) / (predicted_ms / model_cost(model, "latency", table)) - 1
                 row.update(predicted_reduction=predicted, predicted_student_ms=predicted_ms,
-                           prediction_error=t["student_ms"] / predicted_ms - 1)
+                           prediction_error=t["student_ms"] / predicted_ms - 1, relative_prediction_error=relative)
             rows.append(row)
             log(f"  {name}: speedup {t['ratio']:.3f}x ({t['ci_low']:.3f}-{t['ci_high']:.3f}), latency "
                 f"-{t['realised_reduction']:.1%}, {t['ratio'] / ratio:.0%} of the {ratio:.3f}x FLOPs ratio"
                 + (f"; student {t['student_ms']:.2f} ms vs {row['predicted_student_ms']:.2f} ms predicted "
-                   f"({row['prediction_error']:+.1%})" if name == "latency" else ""))
+                   f"({row['prediction_error']:+.1%}; {row['relative_prediction_error']:+.1%} as a share of the "
+                   "teacher timed with it)" if name == "latency" else ""))
     return rows
 
 
@@ -179,7 +183,9 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     rows = []
     for name, student in students.items():
         top1 = evaluate(student, data.eval_loader)["top1"]
-        rows.append({"plan": name, "flops_reduction": 1 - count_macs(student) / macs, "top1": top1, **timed[name]})
+        rows.append({"plan": name, "flops_reduction": 1 - count_macs(student) / macs, "top1": top1,
+                     "heads": [b.attn.num_heads for b in student.blocks],
+                     "mlp": [b.mlp.fc1.out_features for b in student.blocks], **timed[name]})
         log(f"{name}: MACs -{rows[-1]['flops_reduction']:.1%}, latency -{timed[name]['realised_reduction']:.1%}, "
             f"test top-1 {top1:.2%}")
     lat = rows[0]
@@ -189,6 +195,7 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     at_same = float(np.interp(lat["realised_reduction"], xs, [r["top1"] for r in flops_rows]))
     teacher_top1 = evaluate(model, data.eval_loader)["top1"]
     return {"teacher_top1": teacher_top1, "predicted_reduction": predicted, "rows": rows,
+            "fit": dataclasses.asdict(table.fit), "profile_seconds": table.seconds,
             "flops_top1_at_same_latency": at_same, "interpolated": inside,
             "difference_pt": 100 * (lat["top1"] - at_same)}
 
