@@ -45,10 +45,10 @@ from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
-OUTLIER_ERROR = 0.08  # a whole model that a fit on the others misses by more is left out of the fit (one at most)
-ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-block and model
 PART_REPEATS = 4  # ... of each sub-block with its reference: at ViT-S batch 8 the ratio's spread over 20 tries
 # was 1.0% with 4 pairs, 1.1% with 6 and 3.1% with 10 (one slow outlier): more pairs buy nothing here
+OUTLIER_ERROR = 0.08  # a whole model that a fit on the others misses by more is left out of the fit (one at most)
+ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-block and model
 
 
 def architecture_of(model: nn.Module) -> dict:
@@ -409,7 +409,8 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
     log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
         f"{heads} head counts; whole model {measured[0]:.2f} ms measured; fit a {fit.a:+.2f} ms, attention x"
         f"{fit.b_attention:.2f}, MLP x{fit.b_mlp:.2f}, error mean "
-        f"{fit.mean_abs_error:.1%} max {fit.max_abs_error:.1%} on {len(measured)} models; {table.seconds:.0f} s")
+        f"{fit.mean_abs_error:.1%} max {fit.max_abs_error:.1%} on {fit.models} of {len(measured)} models; "
+        f"{table.seconds:.0f} s")
     return table
 
 
