@@ -45,6 +45,8 @@ from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
+MODEL_SECONDS = 0.5  # ... and for at least twice this: on this VM the ratio of one small model (6 ms a call) to its
+# teacher came out 0.60-0.74 in six pairings of 10 pairs each, and 0.734, 0.732 in two of 200 pairs
 PART_REPEATS = 4  # ... of each sub-block with its reference: at ViT-S batch 8 the ratio's spread over 20 tries
 # was 1.0% with 4 pairs, 1.1% with 6 and 3.1% with 10 (one slow outlier): more pairs buy nothing here
 OUTLIER_ERROR = 0.08  # a whole model that a fit on the others misses by more is left out of the fit (one at most)
@@ -193,11 +195,12 @@ class _Clock:
         return _Reference(self.prepare(module.eval(), example, deployed))
 
     def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference, deployed: bool = False,
-              repeats: int | None = None) -> float:
-        """Median time of `module` over the reference's, the two called alternately (`repeats` pairs at least,
-        default the clock's)."""
+              repeats: int | None = None, seconds: float | None = None) -> float:
+        """Median time of `module` over the reference's, the two called alternately (`repeats` pairs and
+        2 x `seconds` at least; default the clock's)."""
         run = self.prepare(module.eval(), example, deployed)
-        mine, theirs = _paired_medians(run, reference.run, repeats or self.repeats, self.min_seconds, self.sync)
+        mine, theirs = _paired_medians(run, reference.run, repeats or self.repeats,
+                                       self.min_seconds if seconds is None else seconds, self.sync)
         reference.samples.append(theirs)
         return mine / theirs
 
@@ -327,21 +330,23 @@ def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count:
 
 
 def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | None = None, round_to: int = 8,
-            repeats: int = MODEL_REPEATS, part_repeats: int = PART_REPEATS, min_seconds: float = 0.05, fit_models: int = FIT_MODELS, progress: bool = True,
+            repeats: int = MODEL_REPEATS, part_repeats: int = PART_REPEATS, min_seconds: float = 0.05,
+            model_seconds: float = MODEL_SECONDS, fit_models: int = FIT_MODELS, progress: bool = True,
             log=print) -> LatencyTable:
     """Measure the latency table of `model` (a timm ViT, any weights) on `target` at `batch` and `threads`."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)  # torch targets; ONNX Runtime gets them through its session options
     try:
-        return _profile(model, target, batch, threads, round_to, repeats, part_repeats, min_seconds, fit_models,
-                        progress, log)
+        return _profile(model, target, batch, threads, round_to, repeats, part_repeats, min_seconds, model_seconds,
+                        fit_models, progress, log)
     finally:
         torch.set_num_threads(previous)
 
 
 def _profile(model: nn.Module, target: str, batch: int, threads: int | None, round_to: int, repeats: int,
-             part_repeats: int, min_seconds: float, fit_models: int, progress: bool, log) -> LatencyTable:
+             part_repeats: int, min_seconds: float, model_seconds: float, fit_models: int, progress: bool,
+             log) -> LatencyTable:
     key = table_key(model, target, batch, threads)
     started = time.perf_counter()
     model = copy.deepcopy(model).float().eval()
@@ -380,7 +385,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         stem = copy.deepcopy(model)
         stem.blocks = nn.Sequential()
         reference = clock.reference(model, images, deployed=True)
-        fixed_ratio = clock.ratio(stem, images, reference, deployed=True)
+        fixed_ratio = clock.ratio(stem, images, reference, deployed=True, seconds=model_seconds)
         next(steps, None)
         table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), 0.0, round_to=round_to)
         # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's; the first is the
@@ -391,7 +396,8 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
             sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
                          sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
-            ratios.append(1.0 if plan == PrunePlan() else clock.ratio(cut, images, reference, deployed=True))
+            ratios.append(1.0 if plan == PrunePlan() else
+                          clock.ratio(cut, images, reference, deployed=True, seconds=model_seconds))
             next(steps, None)
         bar.close()
     fixed = fixed_ratio * reference.ms

@@ -204,7 +204,7 @@ def test_a_latency_budget_without_a_table_says_how_to_get_one():
 @pytest.mark.parametrize("target", ["ort-cpu", "torch-cpu"])
 def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     model = tiny_vit()
-    table = profile(model, target, batch=2, threads=1, round_to=64, repeats=2, min_seconds=0.0, fit_models=3,
+    table = profile(model, target, batch=2, threads=1, round_to=64, repeats=2, min_seconds=0.0, model_seconds=0.0, fit_models=3,
                     progress=False, log=lambda *a: None)
     assert table.key == table_key(model, target, 2, 1)
     assert len(table.attention) == 5 and table.attention[0] == 0 and min(table.attention[1:]) > 0
@@ -257,7 +257,7 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
     fake = _LinearClock(set(disturbed))
     monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: fake.cost(m))
     monkeypatch.setattr(latency_profile._Clock, "reference", lambda clock, m, x, deployed=False: _FakeReference(m))
-    monkeypatch.setattr(latency_profile._Clock, "ratio", lambda clock, m, x, ref, deployed=False, repeats=None:
+    monkeypatch.setattr(latency_profile._Clock, "ratio", lambda clock, m, x, ref, deployed=False, repeats=None, seconds=None:
                         fake.ratio(m, ref, deployed, repeats))
     logs = []
     table = profile(tiny_vit(), "ort-cpu", batch=1, threads=1, round_to=64, repeats=3, fit_models=6, progress=False,
@@ -276,7 +276,7 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
 def test_profile_without_fit_models_scales_both_parts_alike_on_the_teacher():
     """--fit-models 0: the teacher alone sets one common scale (no intercept), so it is predicted exactly."""
     model = tiny_vit()
-    table = profile(model, "ort-cpu", batch=1, threads=1, round_to=64, repeats=2, min_seconds=0.0, fit_models=0,
+    table = profile(model, "ort-cpu", batch=1, threads=1, round_to=64, repeats=2, min_seconds=0.0, model_seconds=0.0, fit_models=0,
                     progress=False, log=lambda *a: None)
     fit = table.fit
     assert fit.models == 1 and fit.a == 0 and fit.b_attention == fit.b_mlp > 0
@@ -333,7 +333,7 @@ def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, 
     monkeypatch.setattr(TensorRTEngine, "load", lambda path, device_id=0: _OrtAsEngine(path))
 
     table = profile(tiny_vit(), "trt-fp16", batch=2, threads=3, round_to=64, repeats=2, part_repeats=2,
-                    min_seconds=0.0, fit_models=3, progress=False, log=lambda *a: None)
+                    min_seconds=0.0, model_seconds=0.0, fit_models=3, progress=False, log=lambda *a: None)
 
     key = table.key
     assert (key.target, key.precision, key.runtime_version, key.threads, key.device) == \
