@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from tests.fake_tensorrt import fake_tensorrt
 from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
-from vitshrink.benchmarks.latency_profile import fit_table, profile, table_key
+from vitshrink.benchmarks.latency_profile import fit_table, monotone, profile, table_key
 from vitshrink.cli import main
 from vitshrink.compressor import knapsack
 from vitshrink.compressor.artifact import load_artifact, save_artifact
@@ -210,6 +210,7 @@ def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     assert len(table.attention) == 5 and table.attention[0] == 0 and min(table.attention[1:]) > 0
     assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
     assert table.mlp_ms[0] == 0 and min(table.mlp_ms[1:]) > 0 and table.fixed > 0
+    assert all(np.diff(table.attention) >= 0) and all(np.diff(table.mlp_ms) >= 0)  # made monotone
     assert table.fit.models == 4 and table.fit.mean_abs_error is not None
 
 
@@ -271,6 +272,12 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
     else:
         assert table.fit.models == 7 and table.fit.left_out_error is None
         assert not any("left out" in line for line in logs)
+
+
+def test_monotone_pools_adjacent_violators_into_their_mean():
+    assert monotone([1.0, 3.0, 2.0, 4.0, 0.0, 5.0]) == [1.0, 2.25, 2.25, 2.25, 2.25, 5.0]
+    assert monotone([0.5, 1.0, 1.0, 2.0]) == [0.5, 1.0, 1.0, 2.0]  # already monotone: unchanged
+    assert monotone([2.0, 1.0]) == [1.5, 1.5] and monotone([]) == []
 
 
 def test_profile_without_fit_models_scales_both_parts_alike_on_the_teacher():
