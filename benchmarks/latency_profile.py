@@ -445,7 +445,10 @@ def fit_table(sums: list[tuple[float, float]], measured: list[float], fixed: flo
     x = np.asarray(sums, dtype=float)
     y = np.asarray(measured, dtype=float) - fixed
     total = x.sum(axis=1)
-    scale = float(np.sum(total * y) / np.sum(total * total))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = float(np.sum(total * y) / np.sum(total * total))
+    if not scale > 0:  # the blocks measured no time at all in the whole models (a tiny model, a busy machine)
+        scale = 1.0  # then trust the sub-blocks as timed
     a, b_att, b_mlp = 0.0, scale, scale
     if len(y) >= 5:
         (a_fit, att_fit, mlp_fit), *_ = np.linalg.lstsq(np.column_stack([np.ones(len(y)), x]), y, rcond=None)

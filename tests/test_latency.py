@@ -207,9 +207,9 @@ def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     table = profile(model, target, batch=2, threads=1, round_to=64, repeats=2, min_seconds=0.0, model_seconds=0.0, fit_models=3,
                     progress=False, log=lambda *a: None)
     assert table.key == table_key(model, target, 2, 1)
-    assert len(table.attention) == 5 and table.attention[0] == 0 and min(table.attention[1:]) > 0
+    assert len(table.attention) == 5 and table.attention[0] == 0 and table.attention[-1] > 0
     assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
-    assert table.mlp_ms[0] == 0 and min(table.mlp_ms[1:]) > 0 and table.fixed > 0
+    assert table.mlp_ms[0] == 0 and table.mlp_ms[-1] > 0 and table.fixed > 0  # a tiny part can time as 0
     assert all(np.diff(table.attention) >= 0) and all(np.diff(table.mlp_ms) >= 0)  # made monotone
     assert table.fit.models == 4 and table.fit.mean_abs_error is not None
 
@@ -287,7 +287,14 @@ def test_profile_without_fit_models_scales_both_parts_alike_on_the_teacher():
                     progress=False, log=lambda *a: None)
     fit = table.fit
     assert fit.models == 1 and fit.a == 0 and fit.b_attention == fit.b_mlp > 0
-    assert fit.max_abs_error == pytest.approx(0, abs=1e-9)
+    # exact on the teacher, unless its blocks timed as nothing beside its stem (then the sub-blocks are trusted)
+    assert fit.max_abs_error == pytest.approx(0, abs=1e-9) or fit.b_attention == 1.0
+
+
+def test_a_fit_never_takes_a_scale_at_or_below_zero():
+    fit = fit_table([(1.0, 1.0)], [1.0], fixed=1.5)  # the whole model measured faster than its stem alone
+    assert fit.b_attention == fit.b_mlp == 1.0 and fit.a == 0
+    assert fit_table([(0.0, 0.0)], [2.0], fixed=1.0).b_attention == 1.0  # no block time at all: no 0/0
 
 
 def test_mlp_grid_follows_the_planner_groups():
