@@ -112,6 +112,9 @@ def _unavailable(target: str) -> str | None:
     reason = get_runtime(bench_backend(target).split(":")[0]).check()
     if reason is None and _on_gpu(target) and not torch.cuda.is_available():
         reason = "this PyTorch build sees no CUDA GPU (torch.cuda.is_available() is False)"
+    if reason and target.startswith("trt"):
+        reason = (f"{reason.split(';')[0]}; profile on the device that has TensorRT (vitshrink profile --target {target} "
+                  "--out lut.json) and plan anywhere with --latency-table lut.json")
     return reason
 
 
