@@ -152,13 +152,14 @@ def test_width_steps_are_numbered_stages_that_share_the_width_target(tmp_path, s
 def test_default_is_one_width_step():
     config = CompressConfig(Budget("flops", 0.3))
     assert config.width_steps == 1 and config.run_stages == ("width",)
-    assert CompressConfig(Budget("flops", 0.3), stages=("depth",), width_steps=3).run_stages == ("depth",)
+    assert CompressConfig(Budget("flops", 0.3), stages=("depth",), width_steps=1).run_stages == ("depth",)
 
 
 @pytest.mark.parametrize("settings, message", [
     ({"width_steps": 0}, "width_steps (--width-steps) must be a whole number >= 1, got 0"),
     ({"width_steps": 1.5}, "width_steps (--width-steps) must be a whole number >= 1, got 1.5"),
     ({"stages": ("width", "width")}, "width may appear once; for iterative width pruning give the number of steps"),
+    ({"stages": ("depth",), "width_steps": 3}, "--width-steps 3 splits the width stage, but --stages depth has none"),
 ])
 def test_width_steps_below_one_and_repeated_width_stages_are_refused(settings, message):
     with pytest.raises(BudgetError, match=re.escape(message)):
