@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from vitshrink.compressor import distributed as ddp
@@ -151,6 +152,7 @@ def loader_data(train_loader: DataLoader, eval_loader: DataLoader, config: Compr
 def compress(job: CompressJob, log=print) -> CompressReport:
     """Load the teacher, build the data, run the stages, write the artifact and the report."""
     device = ddp.init_from_env()
+    torch.manual_seed(job.config.seed)  # a timm name without --pretrained is random weights: the same ones every run
     teacher = default_teacher(log=log, progress=job.progress) if job.model is None else load_model(
         job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
     work_dir = job.work_dir or default_work_dir(job.out)
@@ -207,6 +209,9 @@ def compress_and_report(teacher: LoadedModel, data: CompressData, config: Compre
 def finetune(job: FinetuneJob, log=print) -> dict:
     """Train or fine-tune a teacher on a dataset; write it in the artifact format."""
     device = ddp.init_from_env()
+    # a model trained from scratch (and a reset classifier) starts from weights drawn from this seed: the same
+    # command gives the same teacher on every run and every rank
+    torch.manual_seed(job.train.seed)
     loaded = load_model(job.model, checkpoint=job.checkpoint, pretrained=job.pretrained, model_args=job.model_args)
     splits = _datasets(loaded, job.data)
     classes = num_classes_of(splits.train)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -109,6 +110,26 @@ def test_the_message_names_each_difference_as_its_option():
     check_same("X", current, json.loads(json.dumps(current)))  # tuples vs lists, as stored: no difference
 
 
+def test_another_latency_table_is_named_by_its_fingerprint_not_its_timings():
+    """A table re-profiled on --resume (the cache was cleared) differs in hundreds of timings: one short line."""
+    from vitshrink.compressor.resume import check_same
+
+    table = {"attention": [0.0, 0.1, 0.2], "mlp_ms": [0.0, *[0.01 * i for i in range(1, 200)]], "fit": {"a": 0.1}}
+    remeasured = {**table, "mlp_ms": [t * 1.01 for t in table["mlp_ms"]], "fit": {"a": 0.12}}
+    with pytest.raises(VitShrinkError) as info:
+        check_same("X", {"budget": "latency=0.3", "latency_table": table},
+                   {"budget": "latency=0.3", "latency_table": remeasured})
+    message = str(info.value)
+    assert re.fullmatch(r"--resume: X was made with a latency table with sha256 [0-9a-f]{12}, this run has a "
+                        r"latency table with sha256 [0-9a-f]{12}; rerun with the same options, or without --resume",
+                        message), message
+    with pytest.raises(VitShrinkError, match="made with --reduce flops=0.3 and no latency table, this run has "
+                                             "--reduce latency=0.3 and a latency table with sha256"):
+        check_same("X", {"budget": "flops=0.3", "latency_table": None},
+                   {"budget": "latency=0.3", "latency_table": table})
+    check_same("X", {"latency_table": table}, {"latency_table": json.loads(json.dumps(table))})
+
+
 def test_the_weights_fingerprint_sees_one_changed_value(trained_digits):
     from vitshrink.compressor.resume import weights_sha256
 
@@ -118,3 +139,16 @@ def test_the_weights_fingerprint_sees_one_changed_value(trained_digits):
     with torch.no_grad():
         model.blocks[0].attn.qkv.weight[3, 5] += 1e-6
     assert weights_sha256(model) != before
+
+
+def test_a_timm_name_without_pretrained_weights_resumes(tmp_path):
+    """`--model vit_tiny_patch16_224` without --pretrained is random weights (timing runs use it): drawn from
+    --seed, so the resumed run has the same teacher and is not refused as another one."""
+    job = dataclasses.replace(_job("vit_tiny_patch16_224", tmp_path, train_limit=32),
+                              data=DataOptions(dataset="digits", train_limit=32, eval_limit=16))
+    torch.manual_seed(1)
+    compress(job, log=_quiet)
+    torch.manual_seed(2)  # whatever the process's generator holds
+    lines: list[str] = []
+    compress(dataclasses.replace(job, resume=True), log=lines.append)
+    assert any("finished earlier" in line for line in lines)
