@@ -42,6 +42,7 @@ _WORDS = {
     "model_sha256": "starting weights with sha256 {:.12}",
     "train_size": "{} training images",
     "world_size": "{} processes",
+    "latency_table": "a latency table with sha256 {:.12}",
 }
 
 
@@ -72,7 +73,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _show(key: str, value) -> str:
     field = key.rsplit(".", 1)[-1]
     if field in _WORDS:
-        return _WORDS[field].format(value)
+        return _WORDS[field].format(value) if value is not None else f"no {field.replace('_', ' ')}"
     flag = FLAGS.get(field)
     if flag is None:
         return f"{key} {value}"
@@ -85,9 +86,17 @@ def _show(key: str, value) -> str:
     return f"{flag} {value}"
 
 
+def _comparable(record: dict) -> dict:
+    """`record` as JSON reads it back, a latency table (hundreds of timings) as the sha256 of its JSON."""
+    record = json.loads(json.dumps(record))
+    if record.get("latency_table") is not None:
+        record["latency_table"] = hashlib.sha256(json.dumps(record["latency_table"], sort_keys=True).encode()).hexdigest()
+    return record
+
+
 def check_same(where: str, recorded: dict, current: dict) -> None:
     """Raise `ResumeMismatch` naming every setting in which `current` differs from what `where` recorded."""
-    old, new = _flatten(json.loads(json.dumps(recorded))), _flatten(json.loads(json.dumps(current)))
+    old, new = _flatten(_comparable(recorded)), _flatten(_comparable(current))
     keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
     if keys:
         raise ResumeMismatch(
