@@ -29,10 +29,10 @@ import click
 import numpy as np
 import torch
 
+from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime, time_pair
 from vitshrink.benchmarks.latency_profile import profile
-from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
-from vitshrink.benchmarks.stats import latency_stats, speedup
-from vitshrink.benchmarks.timing import TimingPolicy, measure
+from vitshrink.benchmarks.runtimes import RuntimeOptions
+from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import Scores, score
 from vitshrink.compressor.latency_table import LatencyTable
@@ -43,7 +43,6 @@ from vitshrink.compressor.report import format_table
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 from vitshrink.exporters.io_spec import IOSpec
-from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
 
 
 def random_scores(model: torch.nn.Module, seed: int) -> Scores:
@@ -81,20 +80,13 @@ def time_against_teacher(teacher: torch.nn.Module, students: dict[str, torch.nn.
     """Per student: teacher and student p50 ms and the speedup, the two timed in one interleaved loop."""
     options = RuntimeOptions(threads=threads, seed=seed)
     work.mkdir(parents=True, exist_ok=True)
-    runtimes = {}
-    for name, model in {"teacher": teacher, **students}.items():
-        path = work / f"{name}.onnx"
-        export_onnx(model, io, path, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
-        runtimes[name] = build_runtime(BackendSpec("ort-cpu", "fp32"), Subject(name, io.input_size, onnx={"fp32": path}),
-                                       options)
+    runtimes = {name: ort_cpu_runtime(model, io, work / f"{name}.onnx", options)
+                for name, model in {"teacher": teacher, **students}.items()}
     out = {}
     for name in students:  # each with the teacher alone, as `bench` times them: a model that runs alone keeps
         # its weights in the CPU caches, which a loop over seven models (the accuracy run) would not let it do
-        calls = {"teacher": lambda: runtimes["teacher"].run(batch), name: lambda rt=runtimes[name]: rt.run(batch)}
-        samples = measure(calls, policy, runtimes["teacher"].timer)
-        s = speedup(samples["teacher"], samples[name], seed=seed)
-        out[name] = {"teacher_ms": latency_stats(samples["teacher"], batch).p50_ms,
-                     "student_ms": latency_stats(samples[name], batch).p50_ms, **s.to_dict(),
+        teacher_ms, student_ms, s = time_pair(runtimes["teacher"], runtimes[name], batch, policy, seed)
+        out[name] = {"teacher_ms": teacher_ms, "student_ms": student_ms, **s.to_dict(),
                      "realised_reduction": 1 - 1 / s.ratio}
     return out
 

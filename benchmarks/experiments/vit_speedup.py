@@ -27,9 +27,9 @@ from pathlib import Path
 import click
 import torch
 
-from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
-from vitshrink.benchmarks.stats import latency_stats, speedup
-from vitshrink.benchmarks.timing import TimingPolicy, measure
+from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime, time_pair
+from vitshrink.benchmarks.runtimes import RuntimeOptions
+from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.cli_errors import VitShrinkCommand
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.loaded_model import LoadedModel
@@ -38,7 +38,6 @@ from vitshrink.compressor.planner import plan_width, unit_costs
 from vitshrink.compressor.report import format_table
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 from vitshrink.exporters.io_spec import IOSpec
-from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
 
 PlanMaker = Callable[[torch.nn.Module, float, int], PrunePlan]  # (model, reduction, seed) -> plan
 
@@ -143,14 +142,11 @@ def _run(model_name: str, variants: list[str], reduction: float, batch_sizes: tu
     teacher: LoadedModel = load_model(model_name)
     io = IOSpec.from_model(teacher.model, teacher.data_config)
     options = RuntimeOptions(threads=threads, seed=seed)
-    backend = BackendSpec("ort-cpu", "fp32")
     teacher_macs = count_macs(teacher.model)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vit-speedup-") as tmp:
         def runtime_of(model: torch.nn.Module, name: str):
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(model, io, path, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
-            return build_runtime(backend, Subject(name, io.input_size, onnx={"fp32": path}), options)
+            return ort_cpu_runtime(model, io, Path(tmp) / f"{name}.onnx", options)
 
         log(f"exporting {model_name} ({teacher_macs / 1e9:.3f} GMACs)")
         teacher_rt = runtime_of(teacher.model, "teacher")
@@ -162,15 +158,12 @@ def _run(model_name: str, variants: list[str], reduction: float, batch_sizes: tu
             log(f"{name}: heads {heads}, MLP {mlp}, depth {len(model.blocks)}, MACs -{1 - macs / teacher_macs:.1%}")
             student_rt = runtime_of(model, name)
             for batch in batch_sizes:
-                calls = {"teacher": lambda b=batch: teacher_rt.run(b), "student": lambda b=batch, rt=student_rt: rt.run(b)}
-                samples = measure(calls, policy, teacher_rt.timer)
-                s = speedup(samples["teacher"], samples["student"], seed=seed)
+                teacher_ms, student_ms, s = time_pair(teacher_rt, student_rt, batch, policy, seed)
                 ratio = teacher_macs / macs
                 rows.append({
                     "variant": name, "batch": batch, "heads": heads, "mlp": mlp, "depth": len(model.blocks),
                     "macs": macs, "flops_reduction": 1 - macs / teacher_macs, "flops_ratio": ratio,
-                    "teacher_p50_ms": latency_stats(samples["teacher"], batch).p50_ms,
-                    "student_p50_ms": latency_stats(samples["student"], batch).p50_ms,
+                    "teacher_p50_ms": teacher_ms, "student_p50_ms": student_ms,
                     **s.to_dict(), "realised": s.ratio / ratio,
                 })
                 log(f"  batch {batch}: {s.ratio:.2f}x ({s.ci_low:.2f}-{s.ci_high:.2f}) for a {ratio:.2f}x FLOPs "
