@@ -32,6 +32,7 @@ from torch import nn
 from vitshrink.benchmarks.stats import speedup
 from vitshrink.benchmarks.timing import Timer, TimingPolicy, measure
 from vitshrink.cli_errors import VitShrinkCommand
+from vitshrink.compressor.atomic import write_text_atomic
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import score
@@ -182,7 +183,7 @@ def main(model: str, batch_size: int, steps: int, warmup: int, reduce: float, am
     result = run_cost(config, log=click.echo)
     click.echo(format_rows(result))
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(json_out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime, time_pair
 from vitshrink.benchmarks.latency_profile import profile
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.timing import TimingPolicy
+from vitshrink.compressor.atomic import write_text_atomic
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import Scores, score
 from vitshrink.compressor.latency_table import LatencyTable
@@ -216,8 +217,7 @@ def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_ite
     rows = speed(model_name, reduction, batches, threads, round_to, policy, seed, work, click.echo)
     click.echo("\n" + speed_table(rows))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(rows, indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(rows, indent=2) + "\n")
 
 
 @main.command("accuracy")
@@ -246,8 +246,7 @@ def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, off
                f"({'interpolated' if result['interpolated'] else 'EXTRAPOLATED: widen --offsets'}): "
                f"{result['difference_pt']:+.2f} pt")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
