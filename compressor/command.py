@@ -101,7 +101,10 @@ def train_options(default_epochs: int, default_lr: float):
                               "epoch's, the best on the validation split (so distillation never keeps a student "
                               "worse on validation than the cut); last: the last epoch's. Without a validation "
                               "split (--val-split 0): the last."),
-            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--seed", type=int, default=0, show_default=True,
+                         help="Fixes the validation split, the calibration images, data subsets and order, "
+                              "augmentation, dropout, and the starting weights of a model built without "
+                              "--pretrained: a rerun on the same machine (CPU) repeats the run."),
             click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints."),
         ]
         for opt in reversed(opts):
