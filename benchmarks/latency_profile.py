@@ -44,6 +44,7 @@ from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
+CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
 MODEL_SECONDS = 0.5  # ... and for at least twice this: on this VM the ratio of one small model (6 ms a call) to its
 # teacher came out 0.60-0.74 in six pairings of 10 pairs each, and 0.734, 0.732 in two of 200 pairs
@@ -535,3 +536,32 @@ def table_for(model: nn.Module, target: str | None = None, *, batch: int | None 
     write_json_atomic(cached, table.to_dict())
     log(f"latency table cached in {cached}")
     return table
+
+
+def check_unavailable(model: nn.Module, table: LatencyTable) -> str | None:
+    """Why a plan on `table` cannot be timed here (another device, runtime version or architecture, or the
+    target's runtime missing); None when it can."""
+    missing = _unavailable(table.key.target)
+    if missing is not None:
+        return missing
+    differences = table.key.mismatches(table_key(model, table.key.target, table.key.batch, table.key.threads))
+    return f"the table was measured elsewhere ({'; '.join(differences)})" if differences else None
+
+
+def measure_reduction(teacher: nn.Module, student: nn.Module, table: LatencyTable,
+                      seconds: float = CHECK_SECONDS) -> float:
+    """1 - student / teacher time on the table's target, batch and threads: both exported as `bench` times
+    them and called alternately for 2 x `seconds` at least."""
+    key = table.key
+    previous = torch.get_num_threads()
+    if key.threads is not None:
+        torch.set_num_threads(key.threads)
+    try:
+        teacher, student = copy.deepcopy(teacher).float().cpu().eval(), copy.deepcopy(student).float().cpu().eval()
+        images = torch.randn(key.batch, teacher.patch_embed.proj.in_channels, *teacher.patch_embed.img_size)
+        with tempfile.TemporaryDirectory(prefix="vitshrink-check-") as tmp:
+            clock = _Clock(key.target, key.threads, Path(tmp), MODEL_REPEATS, seconds)
+            reference = clock.reference(teacher, images, deployed=True)
+            return 1.0 - clock.ratio(student, images, reference, deployed=True, seconds=seconds)
+    finally:
+        torch.set_num_threads(previous)

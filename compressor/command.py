@@ -143,6 +143,7 @@ def compress_config(kw: dict) -> CompressConfig:
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
             train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
             plan=read_plan(kw["plan_file"]).to_dict() if kw.get("plan_file") else None,
+            latency_check=not kw.get("no_latency_check", False),
         )
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
@@ -168,6 +169,10 @@ def compress_config(kw: dict) -> CompressConfig:
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Plan a latency budget on this table (`vitshrink profile --out FILE`, e.g. made on the device); "
                    "it must match the model, target, batch and threads.")
+@click.option("--no-latency-check", is_flag=True,
+              help="Do not time the latency plan. By default a plan that makes the whole cut (--stages width, one "
+                   "width step), on a table measured on this machine, is timed against the teacher on the target "
+                   "and re-planned, twice at most, when it misses the target by more than 1 point.")
 @click.option("--stages", default="width", show_default=True,
               help="Stages in order: width, depth, or width,depth (the paper's order); each cut is followed by "
                    "distillation. Default width: at equal budget it was more accurate than width,depth on the "
@@ -218,6 +223,7 @@ def compress_command(**kw) -> None:
     config = compress_config(kw)
     latency_given = [f"--{n.replace('_', '-')}" for n in ("latency_target", "batch_size_target", "target_threads",
                                                           "latency_table") if kw[n] is not None]
+    latency_given += ["--no-latency-check"] if kw["no_latency_check"] else []
     if latency_given and config.budget.metric != "latency":
         raise click.UsageError(f"{', '.join(latency_given).replace('--latency-target', '--target')} applies to a "
                                f"latency budget (--reduce latency=...), not --reduce {config.budget}")

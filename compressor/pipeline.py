@@ -21,9 +21,10 @@ from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
 from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_blocks, score_units
+from vitshrink.compressor.latency_check import land_on_target
 from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.loaded_model import LoadedModel
-from vitshrink.compressor.plan_file import check_plan, write_plan
+from vitshrink.compressor.plan_file import check_plan, read_plan, write_plan
 from vitshrink.compressor.planner import (
     TOLERANCE,
     Budget,
@@ -39,6 +40,7 @@ from vitshrink.compressor.planner import (
 )
 from vitshrink.compressor.precision import resolve_amp
 from vitshrink.compressor.resume import check_same
+from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 from vitshrink.compressor.train import TrainConfig, feature_sources_for, train
 
@@ -67,6 +69,9 @@ class CompressConfig:
     seed: int = 0
     plan: dict | None = None  # a given plan (`PrunePlan.to_dict` form): one stage, cut as given, no scoring or budget
     latency_table: dict | None = None  # `LatencyTable.to_dict()`: what a latency budget is planned on
+    # a latency plan that makes the whole cut from the teacher is timed on the target (when it runs here) and
+    # re-aimed by its miss (compressor/latency_check.py)
+    latency_check: bool = True
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -122,6 +127,8 @@ class CompressConfig:
         d["budget"] = str(self.budget)
         d["stages"] = self.stage_sequence
         del d["width_steps"]
+        if self.budget.metric != "latency":
+            del d["latency_check"]
         return d
 
 
@@ -154,6 +161,7 @@ class StageRecord:
     val_after_distill: dict | None = None  # (None without a validation split)
     images_per_s: float | None = None  # distillation throughput (training steps, teacher included)
     kept_epoch: int | None = None  # which weights the stage kept: 0 = the cut, k = after epoch k
+    latency_checks: list | None = None  # the plans timed on the target (`LatencyCheck.to_dict`), when checked
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -247,10 +255,14 @@ def run_compress(
             step = index + 1  # the width steps come first: stage k is width step k of config.width_steps
             target = split.width_target(step, config.width_steps)
             final = split.is_last_cut("width", step, config.width_steps)
-            width_plan, scores = _width_cut(model, calib, config, loss, target - cut_before, reference, cut_before,
-                                            final)
-            plan = width_plan.plan
-            log(width_plan.describe())
+            # an interrupted stage resumes with the plan it wrote (a checked plan was timed: another run of the
+            # check may choose another one, which the checkpoint would not fit)
+            written = stage_dir / PLAN_FILE if resume and (stage_dir / PLAN_FILE).is_file() else None
+            measure = None if written else _latency_measure(config, t_model, final and cut_before == 0, log)
+            width_plan, scores, checks = _width_cut(model, calib, config, loss, target - cut_before, reference,
+                                                    cut_before, final, measure, log)
+            plan = read_plan(written) if written else width_plan.plan
+            log(f"resuming with the plan in {written}" if written else width_plan.describe())
         else:
             planned, scores = _depth_cut(model, calib, config, loss, split, reference)
             plan = planned.plan
@@ -300,6 +312,7 @@ def run_compress(
             val_after_distill=val_after,
             images_per_s=result.images_per_s if result else None,
             kept_epoch=result.kept_epoch if result else None,
+            latency_checks=[c.to_dict() for c in checks] if stage == "width" and checks else None,
         )
         records.append(record)
         current = dataclasses.replace(current, model=model, spec=spec, compression=None)
@@ -323,15 +336,46 @@ def run_compress(
 
 
 def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float, reference: float, already: float,
-               final: bool):
-    """Score heads and neurons, plan them; the last width cut of a run must land within 1 point."""
+               final: bool, measure=None, log=print):
+    """Score heads and neurons, plan them; the last width cut of a run must land within 1 point. With `measure`
+    (plan -> measured reduction), the plan is timed and re-aimed (`land_on_target`); the checks come back."""
     scores = score_units(model, calib, config.criterion, loss, seed=config.seed)
-    plan = plan_units(
-        config.costs(model), scores, target_removed=max(0.0, target_removed),
-        reference_total=reference, already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
-        tolerance=TOLERANCE if final else None,
-    )
-    return plan, scores
+    costs = config.costs(model)
+
+    def plan_for(removed: float):
+        return plan_units(costs, scores, target_removed=max(0.0, removed), reference_total=reference,
+                          already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
+                          tolerance=TOLERANCE if final else None)
+
+    if measure is None:
+        return plan_for(target_removed), scores, None
+    plan, checks = land_on_target(lambda aim: (p := plan_for(aim * reference), p.removed / reference),
+                                  lambda p: measure(p.plan), target_removed / reference, log=log)
+    return plan, scores, checks
+
+
+def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):
+    """plan -> its reduction measured against `teacher` on the latency table's target, when the plan can be
+    checked: a latency plan making the whole cut from the teacher, a target that runs here, one process."""
+    if config.table is None or not config.latency_check:
+        return None
+    from vitshrink.benchmarks.latency_profile import check_unavailable, measure_reduction
+
+    table = config.table
+    reason = ("the plan is one of several cuts (--stages width,depth or --width-steps): only a single cut from "
+              "the teacher is checked") if not whole_cut else (
+        "under torchrun every process must cut the same plan") if ddp.world_size() > 1 else (
+        check_unavailable(teacher, table))
+    if reason:
+        log(f"latency check: off: {reason}; `vitshrink bench` shows the realised latency")
+        return None
+
+    def measure(plan: PrunePlan) -> float:
+        student = copy.deepcopy(teacher)
+        apply_plan(student, ArchSpec.from_model(student), plan)
+        return measure_reduction(teacher, student, table)
+
+    return measure
 
 
 def _depth_cut(model, calib, config: CompressConfig, loss, split: BudgetSplit, reference: float):

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 
 from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime, time_pair
-from vitshrink.benchmarks.latency_profile import profile
+from vitshrink.benchmarks.latency_profile import measure_reduction, profile
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.compressor.atomic import write_text_atomic
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import Scores, score
+from vitshrink.compressor.latency_check import LatencyCheck, land_on_target
 from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.model_loading import load_model
@@ -56,12 +57,22 @@ def random_scores(model: torch.nn.Module, seed: int) -> Scores:
 
 
 def latency_cut(model: torch.nn.Module, scores: Scores, table: LatencyTable, reduction: float,
-                round_to: int) -> tuple[PrunePlan, float]:
-    """The latency plan and its predicted reduction."""
+                round_to: int, check: bool = True, log: Callable[[str], None] = print
+                ) -> tuple[PrunePlan, float, list[LatencyCheck]]:
+    """The latency plan, its predicted reduction and, with `check` (as `compress` does by default), the checks
+    that timed it against the teacher on the table's target and re-aimed it (`land_on_target`)."""
     costs = model_costs(model, "latency", table)
-    plan = plan_units(costs, scores, target_removed=reduction * costs.total, reference_total=costs.total,
-                      round_to=round_to)
-    return plan.plan, plan.removed / costs.total
+
+    def plan_for(aim: float) -> tuple[PrunePlan, float]:
+        plan = plan_units(costs, scores, target_removed=aim * costs.total, reference_total=costs.total,
+                          round_to=round_to)
+        return plan.plan, plan.removed / costs.total
+
+    if not check:
+        return (*plan_for(reduction), [])
+    plan, checks = land_on_target(plan_for, lambda p: measure_reduction(model, cut(model, p), table), reduction,
+                                  log=log)
+    return plan, next(c.predicted for c in checks if c.kept), checks
 
 
 def flops_cut(model: torch.nn.Module, scores: Scores, reduction: float, round_to: int) -> PrunePlan:
@@ -93,7 +104,7 @@ def time_against_teacher(teacher: torch.nn.Module, students: dict[str, torch.nn.
 
 
 def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threads: int, round_to: int,
-          policy: TimingPolicy, seed: int, work: Path, log: Callable[[str], None]) -> list[dict]:
+          policy: TimingPolicy, seed: int, work: Path, log: Callable[[str], None], check: bool = True) -> list[dict]:
     torch.set_num_threads(threads)
     teacher: LoadedModel = load_model(model_name)
     model = teacher.model.eval()
@@ -105,7 +116,9 @@ def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threa
         started = time.perf_counter()
         table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
         profile_s = time.perf_counter() - started
-        lat_plan, predicted = latency_cut(model, scores, table, reduction, round_to)
+        started = time.perf_counter()
+        lat_plan, predicted, checks = latency_cut(model, scores, table, reduction, round_to, check, log)
+        check_s = time.perf_counter() - started
         lat_student = cut(model, lat_plan)
         flops_reduction = 1 - count_macs(lat_student) / macs
         flops_student = cut(model, flops_cut(model, scores, flops_reduction, round_to))
@@ -126,7 +139,8 @@ def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threa
                 # the VM's speed drifts between profiling and timing: also against the teacher timed with it
                 relative = (t["student_ms"] / t["teacher_ms"]) / (predicted_ms / model_cost(model, "latency", table)) - 1
                 row.update(predicted_reduction=predicted, predicted_student_ms=predicted_ms,
-                           prediction_error=t["student_ms"] / predicted_ms - 1, relative_prediction_error=relative)
+                           prediction_error=t["student_ms"] / predicted_ms - 1, relative_prediction_error=relative,
+                           checks=[c.to_dict() for c in checks], check_seconds=round(check_s, 1))
             rows.append(row)
             log(f"  {name}: speedup {t['ratio']:.3f}x ({t['ci_low']:.3f}-{t['ci_high']:.3f}), latency "
                 f"-{t['realised_reduction']:.1%}, {t['ratio'] / ratio:.0%} of the {ratio:.3f}x FLOPs ratio"
@@ -150,7 +164,7 @@ def speed_table(rows: list[dict]) -> str:
 
 def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
              offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
-             log: Callable[[str], None], test_limit: int | None = None) -> dict:
+             log: Callable[[str], None], test_limit: int | None = None, check: bool = True) -> dict:
     from vitshrink.compressor.api import DataOptions, build_compress_data
     from vitshrink.compressor.evaluate import evaluate
     from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_units
@@ -167,7 +181,7 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     calib = calibration_batches(data.calib_loader, config.calib_batches, 0, 1)
     scores = score_units(model, calib, "taylor", ScoringLoss("ce"), seed=seed)
     table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
-    lat_plan, predicted = latency_cut(model, scores, table, reduction, round_to)
+    lat_plan, predicted, checks = latency_cut(model, scores, table, reduction, round_to, check, log)
     students = {"latency": cut(model, lat_plan)}
     macs = count_macs(model)
     f = 1 - count_macs(students["latency"]) / macs
@@ -189,6 +203,7 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     at_same = float(np.interp(lat["realised_reduction"], xs, [r["top1"] for r in flops_rows]))
     teacher_top1 = evaluate(model, data.eval_loader)["top1"]
     return {"teacher_top1": teacher_top1, "predicted_reduction": predicted, "rows": rows,
+            "checks": [c.to_dict() for c in checks],
             "fit": dataclasses.asdict(table.fit), "profile_seconds": table.seconds,
             "flops_top1_at_same_latency": at_same, "interpolated": inside,
             "difference_pt": 100 * (lat["top1"] - at_same)}
@@ -210,11 +225,13 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/latency-plan"))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_iters, min_time, seed, work, json_path):
+@click.option("--no-check", is_flag=True, help="Plan on the table alone (compress --no-latency-check).")
+def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_iters, min_time, seed, work, json_path,
+                  no_check):
     """Predicted vs realised latency, and the share of the FLOPs ratio realised, latency plan vs FLOPs plan."""
     policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=min_iters, min_time_s=min_time, max_time_s=120.0)
     batches = tuple(int(b) for b in batch_sizes.split(","))
-    rows = speed(model_name, reduction, batches, threads, round_to, policy, seed, work, click.echo)
+    rows = speed(model_name, reduction, batches, threads, round_to, policy, seed, work, click.echo, check=not no_check)
     click.echo("\n" + speed_table(rows))
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(rows, indent=2) + "\n")
@@ -233,14 +250,15 @@ def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_ite
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Test images [default: all].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/latency-accuracy"))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-check", is_flag=True, help="Plan on the table alone (compress --no-latency-check).")
 def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, offsets, seed, test_limit, work,
-                     json_path):
+                     json_path, no_check):
     """Cut-only test accuracy of the latency plan vs FLOPs plans at the same realised latency."""
     policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=50, min_time_s=3.0, max_time_s=120.0)
     offs = tuple(float(o) for o in offsets.split(","))
     work.mkdir(parents=True, exist_ok=True)
     result = accuracy(teacher, data_dir, reduction, batch, threads, round_to, offs, policy, seed, work, click.echo,
-                      test_limit)
+                      test_limit, check=not no_check)
     click.echo(f"teacher {result['teacher_top1']:.2%}; latency plan {result['rows'][0]['top1']:.2%} vs FLOPs plans "
                f"{result['flops_top1_at_same_latency']:.2%} at the same realised latency "
                f"({'interpolated' if result['interpolated'] else 'EXTRAPOLATED: widen --offsets'}): "

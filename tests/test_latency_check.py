@@ -1,0 +1,160 @@
+"""The latency check: a plan timed on the target and re-aimed by its miss; what compress records and resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
+from tests.test_latency import _staircase_table
+from vitshrink.benchmarks.latency_profile import table_key
+from vitshrink.cli import main
+from vitshrink.compressor.artifact import load_artifact, save_artifact
+from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.latency_check import land_on_target
+from vitshrink.compressor.model_loading import load_model
+from vitshrink.compressor.plan_file import read_plan, write_plan
+from vitshrink.compressor.surgery import PrunePlan
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
+def test_a_plan_that_measures_short_is_re_aimed_by_its_miss():
+    measured_minus = 0.04  # the target measures 4 points less than each plan was made for
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: plan - measured_minus, 0.30, log=_quiet)
+    assert [c.aim for c in checks] == pytest.approx([0.30, 0.34])
+    assert plan == pytest.approx(0.34) and checks[-1].measured == pytest.approx(0.30)
+
+
+def test_a_plan_within_the_tolerance_is_kept_without_re_planning():
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: plan + 0.009, 0.30, log=_quiet)
+    assert plan == 0.30 and len(checks) == 1
+
+
+def test_the_closest_measured_plan_is_kept_after_the_last_round():
+    measurements = iter([0.25, 0.37, 0.285])  # noisy: never within 1 point; the third is closest
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: next(measurements), 0.30, rounds=2, log=_quiet)
+    assert len(checks) == 3 and plan == pytest.approx(checks[2].aim)
+    assert [c.kept for c in checks] == [False, False, True]
+    assert [c.aim for c in checks] == pytest.approx([0.30, 0.35, 0.28])
+
+
+def test_rounds_zero_times_the_plan_once_and_keeps_it():
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: 0.2, 0.30, rounds=0, log=_quiet)
+    assert plan == 0.30 and len(checks) == 1 and checks[0].measured == 0.2
+
+
+def test_a_re_aim_past_the_budget_keeps_the_plans_measured_so_far():
+    def plan_for(aim):
+        if aim > 0.32:
+            raise BudgetError("latency can remove at most 32%")
+        return aim, aim
+
+    lines: list[str] = []
+    plan, checks = land_on_target(plan_for, lambda plan: plan - 0.05, 0.30, log=lines.append)
+    assert plan == 0.30 and len(checks) == 1 and any("no plan for -35.0%" in line for line in lines)
+    with pytest.raises(BudgetError):  # the first plan is the user's target: its error is theirs to see
+        land_on_target(plan_for, lambda plan: plan, 0.40, log=_quiet)
+
+
+# --------------------------------------------------------------------------------------- compress
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def teacher_and_table(tmp_path):
+    """A tiny teacher, and a table with this machine's key (ort-cpu, batch 1, 1 thread): its plans can be timed."""
+    loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
+    teacher = save_artifact(tmp_path / "teacher", loaded, {"method": "test teacher"})
+    table = dataclasses.replace(_staircase_table(), key=table_key(tiny_vit(), "ort-cpu", 1, 1))
+    table.save(tmp_path / "lut.json")
+    return teacher, tmp_path / "lut.json"
+
+
+def _compress(teacher, table, out, *extra):
+    return _run("compress", "--model", teacher, "--reduce", "latency=0.3", "--latency-table", table,
+                "--round-to", "32", "--epochs", "0", "--calib-batches", "2", "--out", out, "--no-progress", *extra)
+
+
+def test_compress_times_its_plan_and_records_every_check(teacher_and_table, tmp_path):
+    teacher, table = teacher_and_table
+    out = tmp_path / "student"
+    result = _compress(teacher, table, out)
+    assert result.exit_code == 0, result.output
+    checks = load_artifact(out).compression["stages"][0]["latency_checks"]
+    assert 1 <= len(checks) <= 3 and result.output.count("latency check: plan for") == len(checks)
+    assert checks[0]["aim"] == pytest.approx(0.3)
+    for earlier, later in zip(checks, checks[1:], strict=False):  # each re-aim moves by the miss before it
+        assert later["aim"] == pytest.approx(min(max(earlier["aim"] + 0.3 - earlier["measured"], 0), 0.99), abs=1e-4)
+    # the student is the plan that measured closest to the target, and its check says so
+    closest = min(checks, key=lambda c: abs(c["measured"] - 0.3))
+    assert [c["kept"] for c in checks] == [c is closest for c in checks]
+    predicted = load_artifact(out).compression["latency"]["predicted_ms"]
+    assert 1 - predicted["student"] / predicted["teacher"] == pytest.approx(closest["predicted"], abs=1e-4)
+
+
+def test_no_latency_check_plans_on_the_table_alone(teacher_and_table, tmp_path):
+    teacher, table = teacher_and_table
+    result = _compress(teacher, table, tmp_path / "student", "--no-latency-check")
+    assert result.exit_code == 0, result.output
+    assert "latency check" not in result.output
+    record = load_artifact(tmp_path / "student").compression
+    assert record["stages"][0]["latency_checks"] is None and record["config"]["latency_check"] is False
+
+
+def test_no_latency_check_with_a_flops_budget_is_refused(teacher_and_table, tmp_path):
+    teacher, _ = teacher_and_table
+    result = _run("compress", "--model", teacher, "--reduce", "flops=0.3", "--no-latency-check", "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "--no-latency-check applies to a latency budget" in result.output
+
+
+def test_a_table_from_another_device_is_not_checked_and_says_why(teacher_and_table, tmp_path):
+    teacher, table = teacher_and_table
+    other = dataclasses.replace(_staircase_table(), key=dataclasses.replace(
+        table_key(tiny_vit(), "ort-cpu", 1, 1), device="NVIDIA Jetson AGX Orin"))
+    other.save(table)
+    result = _compress(teacher, table, tmp_path / "student")
+    assert result.exit_code == 0, result.output
+    assert "latency check: off: the table was measured elsewhere (device: table 'NVIDIA Jetson AGX Orin'" in result.output
+
+
+def test_a_resumed_stage_cuts_the_plan_it_wrote_not_a_new_one(teacher_and_table, tmp_path):
+    """A checked plan was timed: on --resume the interrupted stage must keep the plan its checkpoint was made for."""
+    teacher, table = teacher_and_table
+    out = tmp_path / "student"
+    assert _compress(teacher, table, out, "--no-latency-check").exit_code == 0
+    stage = tmp_path / "student.work" / "stage1-width"
+    import shutil
+
+    shutil.rmtree(stage / "artifact")  # the stage did not finish
+    written = PrunePlan(keep_heads={0: (0, 1), 1: (0, 1, 2), 2: (0,)}, keep_neurons={})
+    write_plan(stage / "plan.json", written, tiny_vit())
+    result = _compress(teacher, table, out, "--no-latency-check", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"resuming with the plan in {stage / 'plan.json'}" in result.output
+    assert [b.num_heads for b in load_artifact(out).spec.blocks] == [2, 3, 1]
+    assert read_plan(stage / "plan.json") == written
+    assert json.loads((stage / "plan.json").read_text())["plan"]["keep_heads"]["1"] == [0, 1, 2]
+
+
+def test_the_experiment_plans_as_compress_does_with_the_check(tmp_path):
+    """benchmarks/experiments/latency_plan.py times its plans through the same check (results from what lands)."""
+    from vitshrink.benchmarks.experiments.latency_plan import latency_cut, random_scores
+
+    model = tiny_vit()
+    table = dataclasses.replace(_staircase_table(), key=table_key(model, "ort-cpu", 1, 1))
+    scores = random_scores(model, seed=0)
+    plan, predicted, checks = latency_cut(model, scores, table, 0.3, 32, check=True, log=_quiet)
+    kept = [c for c in checks if c.kept]
+    assert len(kept) == 1 and predicted == kept[0].predicted and 1 <= len(checks) <= 3
+    unchecked, predicted_alone, none = latency_cut(model, scores, table, 0.3, 32, check=False)
+    assert none == [] and 0.3 <= predicted_alone <= 0.31 + 1e-9
+    assert (plan == unchecked) == (kept[0].aim == pytest.approx(0.3))
