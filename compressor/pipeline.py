@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitshrink.compressor import distributed as ddp
 from vitshrink.compressor.artifact import is_artifact, load_artifact, save_artifact
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
@@ -39,6 +40,7 @@ from vitshrink.compressor.planner import (
     split_budget,
 )
 from vitshrink.compressor.precision import resolve_amp
+from vitshrink.compressor.reading import read_json
 from vitshrink.compressor.resume import check_same
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
@@ -46,6 +48,7 @@ from vitshrink.compressor.train import TrainConfig, feature_sources_for, train
 
 STAGES = ("width", "depth")
 PLAN_FILE = "plan.json"  # in each stage's work folder
+PLAN_CONFIG_FILE = "plan-config.json"  # beside it: the settings the plan was made with (a resume reuses it only for them)
 DISTILL_LR = 1e-4  # peak learning rate of the distillation after a cut: `compress --lr` default (README: Defaults)
 
 
@@ -257,7 +260,7 @@ def run_compress(
             final = split.is_last_cut("width", step, config.width_steps)
             # an interrupted stage resumes with the plan it wrote (a checked plan was timed: another run of the
             # check may choose another one, which the checkpoint would not fit)
-            written = stage_dir / PLAN_FILE if resume and (stage_dir / PLAN_FILE).is_file() else None
+            written = _written_plan(stage_dir, config) if resume else None
             measure = None if written else _latency_measure(config, t_model, final and cut_before == 0, log)
             width_plan, scores, checks = _width_cut(model, calib, config, loss, target - cut_before, reference,
                                                     cut_before, final, measure, log)
@@ -269,6 +272,7 @@ def run_compress(
             log(planned.describe())
         if ddp.is_main():  # the plan as a document, before anything is cut (`--plan` takes it back)
             write_plan(stage_dir / PLAN_FILE, plan, model, note=f"stage {index + 1} ({stage}) of {teacher.name}")
+            write_json_atomic(stage_dir / PLAN_CONFIG_FILE, config.to_dict())
         spec = apply_plan(model, current.spec, plan)
         after_cut, val_cut = _metrics(model, data.eval_loader, device), _metrics(model, data.val_loader, device)
         log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - config.cost(model) / reference:.1%}, "
@@ -352,6 +356,16 @@ def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float
     plan, checks = land_on_target(lambda aim: (p := plan_for(aim * reference), p.removed / reference),
                                   lambda p: measure(p.plan), target_removed / reference, log=log)
     return plan, scores, checks
+
+
+def _written_plan(stage_dir: Path, config: CompressConfig) -> Path | None:
+    """The plan.json an interrupted stage wrote, when it was made with these settings (else `--resume` stops,
+    naming what differs); None when there is none, or none with its settings recorded (planned again)."""
+    plan_file, config_file = stage_dir / PLAN_FILE, stage_dir / PLAN_CONFIG_FILE
+    if not (plan_file.is_file() and config_file.is_file()):
+        return None
+    check_same(f"the plan {plan_file}", read_json(config_file), config.to_dict())
+    return plan_file
 
 
 def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):

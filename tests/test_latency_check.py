@@ -145,6 +145,22 @@ def test_a_resumed_stage_cuts_the_plan_it_wrote_not_a_new_one(teacher_and_table,
     assert json.loads((stage / "plan.json").read_text())["plan"]["keep_heads"]["1"] == [0, 1, 2]
 
 
+def test_a_resume_with_other_settings_does_not_reuse_the_written_plan(teacher_and_table, tmp_path):
+    teacher, table = teacher_and_table
+    out = tmp_path / "student"
+    assert _compress(teacher, table, out, "--no-latency-check").exit_code == 0
+    stage = tmp_path / "student.work" / "stage1-width"
+    import shutil
+
+    shutil.rmtree(stage / "artifact")
+    result = _run("compress", "--model", teacher, "--reduce", "latency=0.4", "--latency-table", table,
+                  "--round-to", "32", "--epochs", "0", "--calib-batches", "2", "--out", out, "--no-progress",
+                  "--no-latency-check", "--resume")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--resume: the plan {stage / 'plan.json'} was made with --reduce latency=0.3, this run has --reduce " \
+           "latency=0.4" in result.output
+
+
 def test_the_experiment_plans_as_compress_does_with_the_check(tmp_path):
     """benchmarks/experiments/latency_plan.py times its plans through the same check (results from what lands)."""
     from vitshrink.benchmarks.experiments.latency_plan import latency_cut, random_scores
