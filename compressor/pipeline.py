@@ -371,15 +371,18 @@ def _written_plan(stage_dir: Path, config: CompressConfig) -> Path | None:
 def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):
     """plan -> its reduction measured against `teacher` on the latency table's target, when the plan can be
     checked: a latency plan making the whole cut from the teacher, a target that runs here, one process."""
-    if config.table is None or not config.latency_check:
+    if config.latency_table is None or not config.latency_check:
         return None
     from vitshrink.benchmarks.latency_profile import check_unavailable, measure_reduction
 
     table = config.table
-    reason = ("the plan is one of several cuts (--stages width,depth or --width-steps): only a single cut from "
-              "the teacher is checked") if not whole_cut else (
-        "under torchrun every process must cut the same plan") if ddp.world_size() > 1 else (
-        check_unavailable(teacher, table))
+    if not whole_cut:
+        reason = ("the plan is one of several cuts (--stages width,depth or --width-steps): only a single cut "
+                  "from the teacher is checked")
+    elif ddp.world_size() > 1:
+        reason = "under torchrun every process must cut the same plan"
+    else:
+        reason = check_unavailable(teacher, table)
     if reason:
         log(f"latency check: off: {reason}; `vitshrink bench` shows the realised latency")
         return None
