@@ -1,7 +1,8 @@
 """Predicted vs realised: what a latency-planned student's table promised, next to what bench measured.
 
 `compress --reduce latency=...` records in compression.json the target (runtime, precision, batch,
-threads) and the predicted milliseconds of teacher and student. Bench finds the speedup row of that
+threads), the predicted milliseconds of teacher and student and, when compress timed the plan (the
+latency check), the reduction that measured. Bench finds the speedup row of that
 runtime and batch and sets the realised reduction (1 - 1 / speedup, from the interleaved timing)
 beside the predicted one, with the student's measured time against its prediction.
 """
@@ -28,6 +29,8 @@ def latency_plan_check(compression: dict | None, threads: int, latency: tuple[La
         "predicted_ms": predicted,
         "predicted_reduction": 1 - predicted["student"] / predicted["teacher"],
     }
+    if plan.get("checked_reduction") is not None:  # compress timed the plan against the teacher (latency check)
+        out["checked_reduction"] = plan["checked_reduction"]
     if plan.get("threads") not in (None, threads):
         out["note"] = f"planned for {plan['threads']} threads, benched with {threads}: the numbers are not comparable"
     row = next((s for s in speedups if s.backend == backend and s.batch == batch), None)
@@ -48,6 +51,8 @@ def latency_plan_lines(check: dict | None) -> list[str]:
     if not check:
         return []
     head = (f"latency plan ({check['backend']}, batch {check['batch']}): predicted -{check['predicted_reduction']:.1%}")
+    if "checked_reduction" in check:
+        head += f" by the table, measured -{check['checked_reduction']:.1%} by compress's latency check"
     if "realised_reduction" in check:
         head += f", realised -{check['realised_reduction']:.1%} (interleaved with the teacher)"
         if "student_prediction_error" in check:

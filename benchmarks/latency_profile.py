@@ -44,7 +44,9 @@ from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
-CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s
+CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s ...
+CHECK_PAIRS = 20  # ... and at least this many rounds: repeated checks of one ViT-S pair at batch 8 on a shared
+# 2-core VM spread 0.9 point (standard deviation) with 10 rounds, 0.4 with 20
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
 MODEL_SECONDS = 0.5  # ... and for at least twice this: on this VM the ratio of one small model (6 ms a call) to its
 # teacher came out 0.60-0.74 in six pairings of 10 pairs each, and 0.734, 0.732 in two of 200 pairs
@@ -200,13 +202,13 @@ class _Clock:
 
     def ratio(self, module: nn.Module, example: torch.Tensor, reference: _Reference, deployed: bool = False,
               repeats: int | None = None, seconds: float | None = None) -> float:
-        """Median time of `module` over the reference's, the two called alternately (`repeats` pairs and
-        2 x `seconds` at least; default the clock's)."""
+        """Time of `module` over the reference's: the median over rounds of the two called back to back
+        (`repeats` rounds and 2 x `seconds` at least; default the clock's), as `bench`'s speedup takes it."""
         run = self.prepare(module.eval(), example, deployed)
-        mine, theirs = _paired_medians(run, reference.run, repeats or self.repeats,
-                                       self.min_seconds if seconds is None else seconds, self.sync)
+        ratio, theirs = _paired_ratio(run, reference.run, repeats or self.repeats,
+                                      self.min_seconds if seconds is None else seconds, self.sync)
         reference.samples.append(theirs)
-        return mine / theirs
+        return ratio
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -281,9 +283,10 @@ class _Clock:
         return lambda: engine.execute(x, y)
 
 
-def _paired_medians(run: Callable[[], object], other: Callable[[], object], repeats: int, min_seconds: float,
-                    sync: Callable[[], None]) -> tuple[float, float]:
-    """Median ms of `run` and of `other`, called alternately (A B A B) after a warm-up of both."""
+def _paired_ratio(run: Callable[[], object], other: Callable[[], object], repeats: int, min_seconds: float,
+                  sync: Callable[[], None]) -> tuple[float, float]:
+    """The median over rounds of `run`'s time over `other`'s, the two called back to back (A B A B) after a
+    warm-up of both, and `other`'s median ms."""
     for _ in range(2):
         run()
         other()
@@ -298,7 +301,7 @@ def _paired_medians(run: Callable[[], object], other: Callable[[], object], repe
             out.append(time.perf_counter() - t0)
         if len(times[0]) >= 50 * repeats:
             break
-    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
+    return statistics.median(a / b for a, b in zip(*times, strict=True)), 1e3 * statistics.median(times[1])
 
 
 def _median_ms(run: Callable[[], object], repeats: int, min_seconds: float, sync: Callable[[], None]) -> float:
@@ -551,7 +554,7 @@ def check_unavailable(model: nn.Module, table: LatencyTable) -> str | None:
 def measure_reduction(teacher: nn.Module, student: nn.Module, table: LatencyTable,
                       seconds: float = CHECK_SECONDS) -> float:
     """1 - student / teacher time on the table's target, batch and threads: both exported as `bench` times
-    them and called alternately for 2 x `seconds` at least."""
+    them and called alternately for 2 x `seconds` and `CHECK_PAIRS` rounds at least."""
     key = table.key
     previous = torch.get_num_threads()
     if key.threads is not None:
@@ -560,7 +563,7 @@ def measure_reduction(teacher: nn.Module, student: nn.Module, table: LatencyTabl
         teacher, student = copy.deepcopy(teacher).float().cpu().eval(), copy.deepcopy(student).float().cpu().eval()
         images = torch.randn(key.batch, teacher.patch_embed.proj.in_channels, *teacher.patch_embed.img_size)
         with tempfile.TemporaryDirectory(prefix="vitshrink-check-") as tmp:
-            clock = _Clock(key.target, key.threads, Path(tmp), MODEL_REPEATS, seconds)
+            clock = _Clock(key.target, key.threads, Path(tmp), CHECK_PAIRS, seconds)
             reference = clock.reference(teacher, images, deployed=True)
             return 1.0 - clock.ratio(student, images, reference, deployed=True, seconds=seconds)
     finally:

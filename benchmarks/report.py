@@ -145,7 +145,7 @@ def markdown_report(bench: dict) -> str:
             f"Timing: warm-up {timing['warmup_iters']} calls and {timing['warmup_s']} s, then at least "
             f"{timing['min_iters']} calls and {timing['min_time_s']} s per model (at most {timing['max_time_s']} s); "
             "percentiles by linear interpolation, std with ddof=1, img/s = batch / mean. "
-            "Speedup CI: 95% bootstrap of the ratio of medians over paired rounds.", ""]
+            "Speedup: median of the per-round ratios; CI: 95% bootstrap over the rounds.", ""]
     out += [f"- {line}" for line in _footer(bench)]
     return "\n".join(out).rstrip() + "\n"
 

@@ -6,7 +6,7 @@ runtimes pass a timer built on CUDA events instead (see `runtimes.CudaEventTimer
 
 `measure` takes several calls (teacher and student) and runs them alternately, A B A B ..., in
 the warm-up and in the timed rounds, so slow drift of the machine (thermal throttling, other
-jobs, frequency scaling) hits both the same way and cancels in the ratio of their medians.
+jobs, frequency scaling) hits both the same way and cancels in each round's ratio (`stats.speedup`).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ _WORDS = {
     "world_size": "{} processes",
     "latency_table": "a latency table with sha256 {:.12}",
 }
+_SWITCHES = {"latency_check": ("the latency check", "--no-latency-check")}  # a flag that turns a default off
 
 
 class ResumeMismatch(VitShrinkError):
@@ -74,6 +75,9 @@ def _show(key: str, value) -> str:
     field = key.rsplit(".", 1)[-1]
     if field in _WORDS:
         return _WORDS[field].format(value) if value is not None else f"no {field.replace('_', ' ')}"
+    if field in _SWITCHES:
+        on, off = _SWITCHES[field]
+        return on if value else off
     flag = FLAGS.get(field)
     if flag is None:
         return f"{key} {value}"

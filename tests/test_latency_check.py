@@ -97,7 +97,9 @@ def test_compress_times_its_plan_and_records_every_check(teacher_and_table, tmp_
     # the student is the plan that measured closest to the target, and its check says so
     closest = min(checks, key=lambda c: abs(c["measured"] - 0.3))
     assert [c["kept"] for c in checks] == [c is closest for c in checks]
-    predicted = load_artifact(out).compression["latency"]["predicted_ms"]
+    latency = load_artifact(out).compression["latency"]
+    assert latency["checked_reduction"] == closest["measured"]  # for bench's predicted-vs-realised line
+    predicted = latency["predicted_ms"]
     assert 1 - predicted["student"] / predicted["teacher"] == pytest.approx(closest["predicted"], abs=1e-4)
 
 
@@ -108,12 +110,30 @@ def test_no_latency_check_plans_on_the_table_alone(teacher_and_table, tmp_path):
     assert "latency check" not in result.output
     record = load_artifact(tmp_path / "student").compression
     assert record["stages"][0]["latency_checks"] is None and record["config"]["latency_check"] is False
+    assert "checked_reduction" not in record["latency"]
 
 
 def test_no_latency_check_with_a_flops_budget_is_refused(teacher_and_table, tmp_path):
     teacher, _ = teacher_and_table
     result = _run("compress", "--model", teacher, "--reduce", "flops=0.3", "--no-latency-check", "--out", tmp_path / "s")
     assert result.exit_code == 2 and "--no-latency-check applies to a latency budget" in result.output
+
+
+def test_bench_shows_what_the_check_measured_beside_the_table_and_the_realised_line():
+    from vitshrink.benchmarks.latency_check import latency_plan_check, latency_plan_lines
+    from vitshrink.benchmarks.results import SpeedupRow
+    from vitshrink.benchmarks.stats import Speedup
+
+    plan = {"target": "ort-cpu", "precision": "fp32", "batch": 1, "threads": 2,
+            "predicted_ms": {"teacher": 100.0, "student": 76.0}, "checked_reduction": 0.305}
+    row = SpeedupRow("ort-cpu:fp32", 1, Speedup(1 / 0.703, 1.40, 1.44, 1.41, 1.43, 30), 1.43)
+    check = latency_plan_check({"latency": plan}, 2, [], [row])
+    assert check["checked_reduction"] == 0.305 and check["realised_reduction"] == pytest.approx(0.297)
+    assert latency_plan_lines(check)[0] == ("latency plan (ort-cpu:fp32, batch 1): predicted -24.0% by the table, "
+                                            "measured -30.5% by compress's latency check, realised -29.7% "
+                                            "(interleaved with the teacher)")
+    unchecked = latency_plan_check({"latency": {**plan, "checked_reduction": None}}, 2, [], [row])
+    assert "checked_reduction" not in unchecked and "by the table" not in latency_plan_lines(unchecked)[0]
 
 
 def test_a_table_from_another_device_is_not_checked_and_says_why(teacher_and_table, tmp_path):
@@ -159,6 +179,18 @@ def test_a_resume_with_other_settings_does_not_reuse_the_written_plan(teacher_an
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"--resume: the plan {stage / 'plan.json'} was made with --reduce latency=0.3, this run has --reduce " \
            "latency=0.4" in result.output
+
+
+def test_a_resume_that_turns_the_check_on_names_the_flag(teacher_and_table, tmp_path):
+    teacher, table = teacher_and_table
+    out = tmp_path / "student"
+    assert _compress(teacher, table, out, "--no-latency-check").exit_code == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "student.work" / "stage1-width" / "artifact")
+    result = _compress(teacher, table, out, "--resume")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "made with --no-latency-check, this run has the latency check" in result.output
 
 
 def test_the_experiment_plans_as_compress_does_with_the_check(tmp_path):

@@ -234,7 +234,7 @@ def _teacher_folder(teacher: LoadedModel, config: CompareConfig, folder: Path) -
 
 
 def ort_latency(teacher_dir: Path, student_dir: Path, options: LatencyOptions) -> dict:
-    """Student vs teacher on ONNX Runtime CPU (FP32), timed alternately; ratios of medians per batch size."""
+    """Student vs teacher on ONNX Runtime CPU (FP32), timed alternately; per batch size the median of the per-round ratios (bench's speedup)."""
     from vitshrink.benchmarks.api import BenchConfig, run_bench
 
     report = run_bench(BenchConfig(

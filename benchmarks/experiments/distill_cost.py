@@ -7,7 +7,7 @@ and for a student cut by the project's own score -> plan -> apply_plan (30% of F
 All four steps (plain and distill, for both students) are timed in turn, A B C D A B C D ..., in one
 process, on one fixed random batch (data loading is not part of the cost measured), after warm-up;
 each step is the real one of `vitshrink.compressor.train`: autocast, forward, loss, backward, gradient clipping,
-AdamW. The ratio is the median distillation step over the median plain step of the same student, with a
+AdamW. The ratio is the median over rounds of the distillation step over the plain step of the same student, with a
 95% bootstrap interval over the paired rounds (`vitshrink.benchmarks.stats.speedup`). Goal: <= 1.3x.
 
 torch.compile (CPU inductor) was tried on the students: logits matched eager to 2e-6, but the compiled
@@ -64,7 +64,7 @@ class StudentCost:
     macs: int  # per image
     plain_ms: float  # median step time, student alone
     distill_ms: float  # median step time, student + teacher forward
-    ratio: float  # distill / plain, medians
+    ratio: float  # distill / plain: the median of the per-round ratios
     ratio_ci: tuple[float, float]  # 95% bootstrap interval of the ratio
     plain_images_per_s: float
     distill_images_per_s: float
@@ -136,7 +136,7 @@ def run_cost(config: CostConfig, log: Callable[[str], None] = print) -> dict:
     rows = []
     for name in students:
         plain, distill = samples[f"{name}/plain"], samples[f"{name}/distill"]
-        ratio = speedup(distill, plain, seed=config.seed)  # median(distill) / median(plain)
+        ratio = speedup(distill, plain, seed=config.seed)  # median of distill_i / plain_i over the rounds
         p_ms, d_ms = statistics.median(plain) * 1e3, statistics.median(distill) * 1e3
         rows.append(StudentCost(
             name=name, macs=macs[name], plain_ms=round(p_ms, 1), distill_ms=round(d_ms, 1),
