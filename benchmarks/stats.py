@@ -77,9 +77,9 @@ class Speedup:
 
     Samples are paired (teacher and student timed back to back in each round), so the ratio is taken
     within each round, where both models met the same machine, and the median of those ratios is
-    reported: a neighbour's load that slows one round slows both of its calls and cancels. (The ratio of
-    the two medians does not cancel it: on ViT-S, 10 rounds at batch 8 on a shared 2-core VM, repeated
-    measurements of one pair spread 3.3 points as ratio of medians and 0.9 as median of ratios.)
+    reported: a neighbour's load that slows one round slows both of its calls and cancels, where the two
+    medians need not come from the same rounds (measured spreads of both: docs/latency.md, "estimator";
+    `benchmarks/experiments/timing_noise.py`).
     The spread: a 95% bootstrap interval of that median (rounds resampled, fixed seed), and the
     interquartile range of the per-round ratios.
     """
