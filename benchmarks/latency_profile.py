@@ -45,8 +45,9 @@ from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
 FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
 CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s ...
-CHECK_PAIRS = 20  # ... and at least this many rounds: repeated checks of one ViT-S pair at batch 8 on a shared
-# 2-core VM spread 0.9 point (standard deviation) with 10 rounds, 0.4 with 20
+CHECK_PAIRS = 20  # ... and at least this many rounds: repeated timings of one ViT-S pair at batch 8 on a shared
+# 2-core VM spread 0.9 and 2.2 points (standard deviation, two studies) with 10 rounds, 0.4 and 0.5 with 20
+# (docs/latency.md, benchmarks/experiments/timing_noise.py)
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
 MODEL_SECONDS = 0.5  # ... and for at least twice this: on this VM the ratio of one small model (6 ms a call) to its
 # teacher came out 0.60-0.74 in six pairings of 10 pairs each, and 0.734, 0.732 in two of 200 pairs
