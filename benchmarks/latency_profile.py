@@ -3,9 +3,9 @@
 One attention sub-block (norm, attention with h heads, residual) for h = 1..H, one MLP sub-block for
 every kept width on the `round_to` grid, and the fixed part (the model without blocks), each timed
 alone on the target: ONNX Runtime through the session `bench` uses (exporters/sessions.py), or eager
-PyTorch. Then whole models of random widths are timed, and the fit `measured = fixed + a +
-b_attention * attention sum + b_mlp * MLP sum` absorbs what sub-blocks alone miss; its error is
-recorded in the table. Every time is a median over repeats after a warm-up, in milliseconds per
+PyTorch. Then whole models of random widths (two of them also of fewer blocks) are timed, and the fit
+`measured = fixed + a * kept sub-blocks + b_attention * attention sum + b_mlp * MLP sum` absorbs what
+sub-blocks alone miss; its error is recorded in the table. Every time is a median over repeats after a warm-up, in milliseconds per
 batch, taken alternately with a reference of its kind (the full sub-block, the teacher) and stored as
 its ratio to the reference times the reference's median over the whole profile, so that a machine
 whose speed drifts during profiling (load, DVFS, a VM neighbour) does not bend the table. Only plain timm `Block`s are profiled (a latency
@@ -43,16 +43,19 @@ from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention,
 from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
-FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model)
+FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model) ...
+DEPTH_FIT_MODELS = 2  # ... and the first ones again with a quarter and a half of their blocks removed
 CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s ...
 CHECK_PAIRS = 20  # ... and at least this many rounds: repeated timings of one ViT-S pair at batch 8 on a shared
 # 2-core VM spread 0.9 and 2.2 points (standard deviation, two studies) with 10 rounds, 0.4 and 0.5 with 20
 # (docs/latency.md, benchmarks/experiments/timing_noise.py)
 MODEL_REPEATS = 10  # paired calls (at least) of each whole model with the teacher: the fit needs them all
-MODEL_SECONDS = 0.5  # ... and for at least twice this: on this VM the ratio of one small model (6 ms a call) to its
-# teacher came out 0.60-0.74 in six pairings of 10 pairs each, and 0.734, 0.732 in two of 200 pairs
+MODEL_SECONDS = 1.5  # ... and for at least twice this: on this VM the ratio of one small model (6 ms a call) to its
+# teacher came out 0.60-0.74 in six pairings of 10 pairs each, and 0.734, 0.732 in two of 200 pairs; ViT-S fit models
+# at batch 1 timed twice more (4 s each) moved 1-8% from their 1 s in the profile, and 1-5% from each other
 PART_REPEATS = 4  # ... of each sub-block with its reference: at ViT-S batch 8 the ratio's spread over 20 tries
 # was 1.0% with 4 pairs, 1.1% with 6 and 3.1% with 10 (one slow outlier): more pairs buy nothing here
+NARROWEST_SHARE = 0.1  # the fit leaves the narrowest attention and MLP sub-blocks at least this share of their time alone
 OUTLIER_ERROR = 0.08  # a whole model that a fit on the others misses by more is left out of the fit (one at most)
 ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-block and model
 
@@ -353,6 +356,19 @@ def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count:
     return plans
 
 
+def fit_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
+    """The whole models the fit is made on: `random_plans`, and the first `DEPTH_FIT_MODELS` of them again with
+    a quarter and a half of their blocks removed (chosen at random), so that the fit sees what a block costs
+    inside models of fewer blocks, as the depth stage plans them."""
+    plans = random_plans(spec_heads, hidden, depth, round_to, count, seed)
+    rng = np.random.default_rng(seed + 1)
+    shallow = []
+    for plan, share in zip(plans[:DEPTH_FIT_MODELS], (0.25, 0.5), strict=False):
+        dropped = max(1, min(depth - 1, round(share * depth)))
+        shallow.append(dataclasses.replace(plan, drop_blocks=tuple(sorted(int(i) for i in rng.choice(depth, dropped, replace=False)))))
+    return [*plans, *shallow]
+
+
 def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | None = None, round_to: int = 8,
             repeats: int = MODEL_REPEATS, part_repeats: int = PART_REPEATS, min_seconds: float = 0.05,
             model_seconds: float = MODEL_SECONDS, fit_models: int = FIT_MODELS, progress: bool = True,
@@ -382,7 +398,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
     with tempfile.TemporaryDirectory(prefix="vitshrink-profile-") as tmp:
         clock = _Clock(target, threads, Path(tmp), repeats, min_seconds)
         block = model.blocks[0]
-        bar = progress_bar(range(2 + heads + len(widths) - 1 + fit_models + 1), desc=f"profile {target} b{batch}",
+        bar = progress_bar(range(2 + heads + len(widths) - 1 + 1 + fit_models + min(DEPTH_FIT_MODELS, fit_models)), desc=f"profile {target} b{batch}",
                            enabled=progress)
         steps = iter(bar)
         # a sub-block timed alone also pays one call into the runtime (feeds, outputs, dispatch), which a block
@@ -415,86 +431,122 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's; the first is the
         # teacher itself, whose ratio to itself is 1 by definition (timing it against itself would only add noise)
         sums, ratios = [], []
-        for plan in [PrunePlan(), *random_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
+        for plan in [PrunePlan(), *fit_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
             cut = copy.deepcopy(model)
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
-            sums.append((sum(table.attention_ms(b.num_heads) for b in spec.blocks),
-                         sum(table.mlp_time(b.mlp_hidden) for b in spec.blocks)))
+            sums.append(block_sums(table, [(b.num_heads, b.mlp_hidden) for b in spec.blocks]))
             ratios.append(1.0 if plan == PrunePlan() else
                           clock.ratio(cut, images, reference, deployed=True, seconds=model_seconds))
             next(steps, None)
         bar.close()
     fixed = fixed_ratio * reference.ms
     measured = [r * reference.ms for r in ratios]
-    fit = fit_table(sums, measured, fixed)
-    outlier = _outlier(sums, measured, fixed) if fit.max_abs_error > OUTLIER_ERROR else None
-    if outlier is not None:  # most likely timed while something else ran: one such model bends a fit on 9
+    cheapest = (attention[1], mlp[1])
+    fit = fit_table(sums, measured, fixed, cheapest)
+    outlier = _outlier(sums, measured, fixed, cheapest) if fit.max_abs_error > OUTLIER_ERROR else None
+    if outlier is not None:  # most likely timed while something else ran: one such model bends a fit on 11
         index, error = outlier
         rest = [i for i in range(len(measured)) if i != index]
-        fit = dataclasses.replace(fit_table([sums[i] for i in rest], [measured[i] for i in rest], fixed),
+        fit = dataclasses.replace(fit_table([sums[i] for i in rest], [measured[i] for i in rest], fixed, cheapest),
                                   left_out_error=error)
         log(f"latency table: a fit on the other models misses model {index} by {error:.1%}; it is left out")
+    fit = dataclasses.replace(fit, points=tuple((*map(float, x), round(m, 4)) for x, m in zip(sums, measured, strict=True)))
     table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
                          seconds=round(time.perf_counter() - started, 1), round_to=round_to)
     log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
-        f"{heads} head counts; whole model {measured[0]:.2f} ms measured; fit a {fit.a:+.2f} ms, attention x"
+        f"{heads} head counts; whole model {measured[0]:.2f} ms measured; fit a {fit.a:+.3f} ms per sub-block, attention x"
         f"{fit.b_attention:.2f}, MLP x{fit.b_mlp:.2f}, error mean "
         f"{fit.mean_abs_error:.1%} max {fit.max_abs_error:.1%} on {fit.models} of {len(measured)} models; "
         f"{table.seconds:.0f} s")
     return table
 
 
-def fit_table(sums: list[tuple[float, float]], measured: list[float], fixed: float) -> Fit:
-    """Least squares of measured - fixed = a + b_attention * attention sum + b_mlp * MLP sum over whole models.
+def block_sums(table: LatencyTable, blocks: list[tuple[int, int]]) -> tuple[int, float, float]:
+    """What the fit weighs in a model whose blocks keep (heads, hidden) each: its kept sub-blocks, and the sums of
+    their attention and of their MLP times in the table."""
+    return (sum(int(h > 0) + int(m > 0) for h, m in blocks), sum(table.attention_ms(h) for h, _ in blocks),
+            sum(table.mlp_time(m) for _, m in blocks))
 
-    With too few models, or when the intercept would make a model cost less than its fixed part, the
-    fit drops a (two scales through the origin), then the second scale (one scale for both); a scale
-    <= 0 (a part that gets faster as it grows) is never accepted."""
-    x = np.asarray(sums, dtype=float)
+
+def fit_table(sums: list[tuple[int, float, float]], measured: list[float], fixed: float,
+              cheapest: tuple[float, float]) -> Fit:
+    """Least squares of measured - fixed = a * kept sub-blocks + b_attention * attention sum + b_mlp * MLP sum over
+    whole models (`sums`: `block_sums` of each).
+
+    The intercept a is paid per kept sub-block: a sub-block timed alone pays something one inside a model does
+    not (on ViT-S at batch 1 on ONNX Runtime CPU, about 0.17 ms each), so that a model of fewer blocks pays
+    less of it. The fit is the least-squares one among those that leave the narrowest sub-blocks (`cheapest`:
+    their attention and MLP times alone) at least `NARROWEST_SHARE` of their time alone, with both scales > 0
+    (a part never gets faster as it grows). With fewer than 5 models: one scale for both, no intercept."""
+    x = np.asarray(sums, dtype=float).reshape(-1, 3)
     y = np.asarray(measured, dtype=float) - fixed
-    total = x.sum(axis=1)
+    total = x[:, 1] + x[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = float(np.sum(total * y) / np.sum(total * total))
     if not scale > 0:  # the blocks measured no time at all in the whole models (a tiny model, a busy machine)
         scale = 1.0  # then trust the sub-blocks as timed
     a, b_att, b_mlp = 0.0, scale, scale
     if len(y) >= 5:
-        (a_fit, att_fit, mlp_fit), *_ = np.linalg.lstsq(np.column_stack([np.ones(len(y)), x]), y, rcond=None)
-        (att_0, mlp_0), *_ = np.linalg.lstsq(x, y, rcond=None)
-        if att_fit > 0 and mlp_fit > 0 and a_fit >= -fixed:
-            a, b_att, b_mlp = float(a_fit), float(att_fit), float(mlp_fit)
-        elif att_0 > 0 and mlp_0 > 0:
-            b_att, b_mlp = float(att_0), float(mlp_0)
+        feasible = [c for c in _fit_candidates(x, y, cheapest) if _keeps_time(c, cheapest)]
+        if feasible:
+            a, b_att, b_mlp = min(feasible, key=lambda c: float(np.sum((x @ np.asarray(c) - y) ** 2)))
     fit = Fit(a=a, b_attention=b_att, b_mlp=b_mlp, models=len(y))
     error = fit_errors(fit, sums, measured, fixed)
     return dataclasses.replace(fit, mean_abs_error=float(error.mean()), max_abs_error=float(error.max()))
 
 
-def _outlier(sums: list[tuple[float, float]], measured: list[float], fixed: float) -> tuple[int, float] | None:
+def _fit_candidates(x: np.ndarray, y: np.ndarray, cheapest: tuple[float, float]) -> list[tuple[float, float, float]]:
+    """(a, b_attention, b_mlp) of the least-squares fit, free and with each bound of `_keeps_time` held as an
+    equality (attention's, MLP's, both), and of the fit without intercept: the constrained least-squares fit is
+    the best of them that keeps both bounds (the loss is convex and the bounds are linear)."""
+    def solve(columns: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return np.linalg.lstsq(columns, target, rcond=None)[0]
+
+    n, floor = x[:, 0], NARROWEST_SHARE
+    candidates = [tuple(solve(x, y)), (0.0, *solve(x[:, 1:], y))]
+    for k, c in enumerate(cheapest):  # a = c * (floor - b_k): the narrowest sub-block of part k at its bound
+        columns = x[:, 1:].copy()
+        columns[:, k] -= c * n
+        b = solve(columns, y - floor * c * n)
+        candidates.append((c * (floor - b[k]), *b))
+    if min(cheapest) > 0:  # both at their bound: b_k = floor - a / c_k, one number left
+        (a,) = solve((n - x[:, 1] / cheapest[0] - x[:, 2] / cheapest[1])[:, None], y - floor * (x[:, 1] + x[:, 2]))
+        candidates.append((a, floor - a / cheapest[0], floor - a / cheapest[1]))
+    return [tuple(float(v) for v in c) for c in candidates]
+
+
+def _keeps_time(fit: tuple[float, float, float], cheapest: tuple[float, float]) -> bool:
+    a, *scales = fit
+    return all(b > 0 and a + b * c >= NARROWEST_SHARE * c - 1e-9 for b, c in zip(scales, cheapest, strict=True))
+
+
+def _outlier(sums: list[tuple[int, float, float]], measured: list[float], fixed: float,
+             cheapest: tuple[float, float]) -> tuple[int, float] | None:
     """The whole model (never the teacher, model 0) that a fit on the others misses by more than OUTLIER_ERROR,
     the worst one, with that error; None when there is none or too few models to spare one."""
     if len(measured) < 6:
         return None
-    errors = leave_one_out_errors(sums, measured, fixed)
+    errors = leave_one_out_errors(sums, measured, fixed, cheapest)
     worst = max(range(1, len(measured)), key=errors.__getitem__)
     return (worst, errors[worst]) if errors[worst] > OUTLIER_ERROR else None
 
 
-def leave_one_out_errors(sums: list[tuple[float, float]], measured: list[float], fixed: float) -> list[float]:
+def leave_one_out_errors(sums: list[tuple[int, float, float]], measured: list[float], fixed: float,
+                         cheapest: tuple[float, float]) -> list[float]:
     """Per whole model, the relative error of a fit made on all the others: one model timed while the machine
     was busy pulls a fit on all of them towards itself, and may not have the largest residual there."""
     errors = []
     for i in range(len(measured)):
         rest = [j for j in range(len(measured)) if j != i]
-        fit = fit_table([sums[j] for j in rest], [measured[j] for j in rest], fixed)
+        fit = fit_table([sums[j] for j in rest], [measured[j] for j in rest], fixed, cheapest)
         errors.append(float(fit_errors(fit, [sums[i]], [measured[i]], fixed)[0]))
     return errors
 
 
-def fit_errors(fit: Fit, sums: list[tuple[float, float]], measured: list[float], fixed: float) -> np.ndarray:
+def fit_errors(fit: Fit, sums: list[tuple[int, float, float]], measured: list[float], fixed: float) -> np.ndarray:
     """|predicted - measured| / measured of each whole model."""
-    x = np.asarray(sums, dtype=float)
-    predicted = fixed + fit.a + fit.b_attention * x[:, 0] + fit.b_mlp * x[:, 1]
+    x = np.asarray(sums, dtype=float).reshape(-1, 3)
+    predicted = fixed + fit.a * x[:, 0] + fit.b_attention * x[:, 1] + fit.b_mlp * x[:, 2]
     return np.abs(predicted - np.asarray(measured)) / np.asarray(measured)
 
 

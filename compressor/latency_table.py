@@ -4,9 +4,10 @@ Every block of a plain ViT sees the same tokens and width, so one table serves a
 `attention[h]` is one attention sub-block (norm, attention with h heads, residual) and `mlp_ms[k]`
 one MLP sub-block with `mlp_widths[k]` hidden neurons, in milliseconds for one batch, measured on
 the target (`vitshrink profile`, benchmarks/latency_profile.py). `fixed` is the rest (patch
-embedding, final norm, head). The prediction for a model is `fixed + a + b_attention * sum of its
-attention times + b_mlp * sum of its MLP times`, with a and the two scales fitted on whole models of
-random widths, which absorbs what sub-blocks timed alone miss (and how differently they miss it). The table is a small JSON file: profile on the device, compress anywhere.
+embedding, final norm, head). The prediction for a model is `fixed` plus, for every sub-block it keeps,
+`a + b_attention * its attention time` or `a + b_mlp * its MLP time`, with a and the two scales fitted
+on whole models of random widths and depths, which absorbs what sub-blocks timed alone miss (and how
+differently they miss it). The table is a small JSON file: profile on the device, compress anywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.errors import BudgetError, UnreadableFileError
 
-FORMAT = "vitshrink-latency-table/1"
+FORMAT = "vitshrink-latency-table/2"  # 2: the fit's `a` is paid by every kept sub-block (1: once per model)
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,18 @@ class TableKey:
 
 @dataclass(frozen=True)
 class Fit:
-    """measured = fixed + a + b_attention * sum of attention times + b_mlp * sum of MLP times (whole models)."""
+    """measured = fixed + a * kept sub-blocks + b_attention * sum of attention times + b_mlp * sum of MLP times
+    (whole models)."""
 
-    a: float = 0.0  # ms
+    a: float = 0.0  # ms per kept sub-block: < 0 when a sub-block timed alone pays something it does not inside a model
     b_attention: float = 1.0
     b_mlp: float = 1.0
     models: int = 0  # whole models the fit was made on
     mean_abs_error: float | None = None  # of the fitted prediction on those models, as a fraction
     max_abs_error: float | None = None
     left_out_error: float | None = None  # a model left out of the fit as an outlier: a fit on the rest misses it by this
+    points: tuple[tuple[float, ...], ...] = ()  # per whole model timed: kept sub-blocks, attention sum, MLP sum (ms
+    # alone), measured ms; the teacher first, the one left out (if any) included
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class LatencyTable:
     def __post_init__(self):
         problems = []
         values = (*self.attention, *self.mlp_ms, self.fixed, self.fit.b_attention, self.fit.b_mlp)
-        if not all(np.isfinite(v) for v in (*values, self.fit.a)) or min(values) < 0 or self.fixed + self.fit.a < 0:
+        if not all(np.isfinite(v) for v in (*values, self.fit.a)) or min(values) < 0:
             problems.append("times and fit must be finite and >= 0")
         if not self.attention or self.attention[0] != 0 or not self.mlp_ms or self.mlp_ms[0] != 0:
             problems.append("0 heads and 0 neurons must cost 0")
@@ -81,6 +85,9 @@ class LatencyTable:
             problems.append("mlp_widths must rise from 0, one time each")
         if min(self.fit.b_attention, self.fit.b_mlp) <= 0 or self.round_to < 1:
             problems.append("the fit's scales and round_to must be positive")
+        if not problems and len(self.attention) > 1 and len(self.mlp_ms) > 1 and \
+                min(self.attention_cost(1), self.mlp_cost(self.mlp_widths[1])) <= 0:
+            problems.append("the fit must give the narrowest sub-blocks a time > 0")
         if problems:
             raise UnreadableFileError(f"latency table is invalid ({'; '.join(problems)}); make it again with "
                                       "`vitshrink profile`")
@@ -97,33 +104,34 @@ class LatencyTable:
         return float(np.interp(width, self.mlp_widths, self.mlp_ms))
 
     def attention_cost(self, heads: int) -> float:
-        """Predicted ms of one attention sub-block with `heads` heads inside a model (the fit applied)."""
-        return self.fit.b_attention * self.attention_ms(heads)
+        """Predicted ms of one attention sub-block with `heads` heads inside a model (the fit applied; 0 heads:
+        no sub-block, 0 ms)."""
+        time = self.attention_ms(heads)
+        return self.fit.a + self.fit.b_attention * time if heads else 0.0
 
     def mlp_cost(self, width: int) -> float:
-        """Predicted ms of one MLP sub-block of `width` neurons inside a model (the fit applied)."""
-        return self.fit.b_mlp * self.mlp_time(width)
-
-    @property
-    def fixed_cost(self) -> float:
-        """Predicted ms of everything outside the blocks (the fit's a included)."""
-        return self.fixed + self.fit.a
+        """Predicted ms of one MLP sub-block of `width` neurons inside a model (the fit applied; 0: none)."""
+        time = self.mlp_time(width)
+        return self.fit.a + self.fit.b_mlp * time if width else 0.0
 
     def predict(self, blocks: list[tuple[int, int]]) -> float:
         """Predicted ms of a model whose blocks keep (heads, hidden) each."""
-        return self.fixed_cost + sum(self.attention_cost(h) + self.mlp_cost(m) for h, m in blocks)
+        return self.fixed + sum(self.attention_cost(h) + self.mlp_cost(m) for h, m in blocks)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "unit": "ms per batch", **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "latency table") -> LatencyTable:
+        if str(d.get("format", "")).startswith(FORMAT.split("/")[0] + "/") and d["format"] != FORMAT:
+            raise UnreadableFileError(f"{source} was made by another version of vitshrink (format {d['format']!r}, "
+                                      f"this one reads {FORMAT!r}); make it again with `vitshrink profile`")
         if d.get("format") != FORMAT:
             raise UnreadableFileError(f"{source} is not a vitshrink latency table (format {d.get('format')!r}, "
                                       f"expected {FORMAT!r}); make one with `vitshrink profile`")
         try:
             return cls(key=TableKey(**d["key"]), attention=tuple(d["attention"]), mlp_widths=tuple(d["mlp_widths"]),
-                       mlp_ms=tuple(d["mlp_ms"]), fixed=float(d["fixed"]), fit=Fit(**d.get("fit", {})),
+                       mlp_ms=tuple(d["mlp_ms"]), fixed=float(d["fixed"]), fit=_fit_from_dict(d.get("fit", {})),
                        seconds=d.get("seconds"), round_to=int(d.get("round_to", 1)))
         except (KeyError, TypeError, ValueError) as e:
             raise UnreadableFileError(f"{source} is damaged ({type(e).__name__}: {e}); make it again with "
@@ -169,6 +177,10 @@ class LatencyTable:
         if problems:
             raise BudgetError(f"{source} was made for something else ({'; '.join(problems)}); profile this "
                               "target with `vitshrink profile` or drop --latency-table to profile now")
+
+
+def _fit_from_dict(d: dict) -> Fit:
+    return Fit(**{**d, "points": tuple(tuple(float(v) for v in p) for p in d.get("points", ()))})
 
 
 def mlp_grid(hidden: int, round_to: int) -> list[int]:

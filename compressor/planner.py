@@ -135,7 +135,7 @@ def _latency_costs(model: nn.Module, table: LatencyTable) -> ModelCosts:
     shapes = [(blk.attn.num_heads, mlp_hidden(blk.mlp)) for blk in model.blocks]
     return ModelCosts(
         metric="latency",
-        fixed=table.fixed_cost,
+        fixed=table.fixed,
         blocks=tuple(table.attention_cost(h) + table.mlp_cost(m) for h, m in shapes),
         head=tuple(table.attention_cost(h) - table.attention_cost(h - 1) for h, _ in shapes),
         neuron=tuple(table.mlp_cost(m) - table.mlp_cost(m - 1) for _, m in shapes),

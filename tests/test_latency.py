@@ -94,18 +94,37 @@ def test_table_round_trips_and_predicts_with_its_fit(tmp_path):
     back = LatencyTable.load(tmp_path / "t.json")
     assert back == table
     assert back.mlp_time(80) == pytest.approx((back.mlp_time(64) + back.mlp_time(96)) / 2)  # linear between widths
-    assert back.predict([(4, 256), (0, 0)]) == pytest.approx(0.05 + 0.02 + 1.1 * (0.3 + 0.24 + 0.016))
+    # a is paid by each kept sub-block: two here, none for the block that keeps nothing
+    assert back.predict([(4, 256), (0, 0)]) == pytest.approx(0.05 + 2 * 0.02 + 1.1 * (0.3 + 0.24 + 0.016))
+    assert back.predict([(4, 256)] * 3) == pytest.approx(0.05 + 3 * (2 * 0.02 + 1.1 * (0.3 + 0.24 + 0.016)))
 
 
 def test_the_fit_tells_attention_from_mlp_time():
     rng = np.random.default_rng(0)
-    sums = [(rng.uniform(1, 5), rng.uniform(2, 9)) for _ in range(9)]
-    measured = [0.5 + 0.3 + 1.4 * att + 0.9 * mlp for att, mlp in sums]  # fixed 0.5, a 0.3
-    fit = fit_table(sums, measured, fixed=0.5)
-    assert (fit.a, fit.b_attention, fit.b_mlp) == pytest.approx((0.3, 1.4, 0.9))
+    sums = [(24, rng.uniform(1, 5), rng.uniform(2, 9)) for _ in range(9)]
+    measured = [0.5 + 0.01 * n + 1.4 * att + 0.9 * mlp for n, att, mlp in sums]  # fixed 0.5, a 0.01
+    fit = fit_table(sums, measured, fixed=0.5, cheapest=(0.1, 0.1))
+    assert (fit.a, fit.b_attention, fit.b_mlp) == pytest.approx((0.01, 1.4, 0.9))
     assert fit.max_abs_error == pytest.approx(0, abs=1e-9) and fit.models == 9
-    few = fit_table(sums[:3], measured[:3], fixed=0.5)  # too few models for three numbers: one scale
+    few = fit_table(sums[:3], measured[:3], fixed=0.5, cheapest=(0.1, 0.1))  # too few models for three numbers
     assert few.b_attention == few.b_mlp and few.a == 0
+
+
+def test_the_fit_takes_a_negative_intercept_per_sub_block_and_carries_it_to_fewer_blocks():
+    """Sub-blocks timed alone that cost 0.2 ms more than inside a model (as on ViT-S at batch 1): the fit
+    finds it, a model of half the blocks pays half of it, and the narrowest sub-block still costs time."""
+    rng = np.random.default_rng(1)
+    sums = [(n, rng.uniform(5, 30) * n / 24, rng.uniform(5, 50) * n / 24) for n in (24, 24, 24, 24, 24, 24, 18, 12)]
+    measured = [2.0 - 0.2 * n + 0.9 * att + 0.85 * mlp for n, att, mlp in sums]
+    fit = fit_table(sums, measured, fixed=2.0, cheapest=(0.8, 0.3))
+    assert (fit.a, fit.b_attention, fit.b_mlp) == pytest.approx((-0.2, 0.9, 0.85))
+    # when that intercept would leave the narrowest MLP sub-block (0.2 ms alone) 0.03 ms below nothing, the fit
+    # takes the best one that leaves it a tenth of its time alone (the bound), not one without intercept
+    bounded = fit_table(sums, measured, fixed=2.0, cheapest=(0.8, 0.2))
+    assert bounded.a + bounded.b_mlp * 0.2 == pytest.approx(0.1 * 0.2) and bounded.b_attention > 0
+    assert -0.2 < bounded.a < 0 and bounded.max_abs_error < 0.05
+    unbounded = fit_table(sums, measured, fixed=2.0, cheapest=(0.8, 0.3))
+    assert bounded.max_abs_error > unbounded.max_abs_error
 
 
 @pytest.mark.parametrize("field, value", [("threads", 2), ("batch", 8), ("target", "torch-cpu"),
@@ -122,7 +141,8 @@ def test_a_table_for_another_architecture_is_refused():
 
 
 @pytest.mark.parametrize("content, message", [("{", "not JSON"), ('{"format": "x"}', "not a vitshrink latency table"),
-                                              ('{"format": "vitshrink-latency-table/1"}', "damaged")])
+                                              ('{"format": "vitshrink-latency-table/2"}', "damaged"),
+                                              ('{"format": "vitshrink-latency-table/1"}', "another version of vitshrink")])
 def test_a_bad_table_file_is_one_clear_error(tmp_path, content, message):
     (tmp_path / "t.json").write_text(content)
     with pytest.raises(UnreadableFileError, match=message):
@@ -134,6 +154,7 @@ def test_a_bad_table_file_is_one_clear_error(tmp_path, content, message):
     ({"attention": (0.1, 0.1, 0.15, 0.2, 0.3)}, "must cost 0"),
     ({"mlp_widths": (0, 64, 32, 96, 128, 160, 192, 224, 256)}, "rise from 0"),
     ({"fit": Fit(a=0.0, b_attention=0.0)}, "positive"),
+    ({"fit": Fit(a=-0.2, b_attention=1.0, b_mlp=1.0)}, "narrowest sub-blocks a time > 0"),
 ])
 def test_an_invalid_table_is_refused(tmp_path, change, message):
     data = {**_staircase_table().to_dict(), **{k: (dataclasses.asdict(v) if isinstance(v, Fit) else v)
@@ -211,7 +232,8 @@ def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
     assert table.mlp_ms[0] == 0 and table.mlp_ms[-1] > 0 and table.fixed > 0  # a tiny part can time as 0
     assert all(np.diff(table.attention) >= 0) and all(np.diff(table.mlp_ms) >= 0)  # made monotone
-    assert table.fit.models == 4 and table.fit.mean_abs_error is not None
+    # the teacher, 3 models of random widths and the first 2 again with fewer blocks (one may be left out)
+    assert table.fit.models == 6 - (table.fit.left_out_error is not None) and table.fit.mean_abs_error is not None
 
 
 class _LinearClock:
@@ -264,13 +286,17 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
     table = profile(tiny_vit(), "ort-cpu", batch=1, threads=1, round_to=64, repeats=3, fit_models=6, progress=False,
                     log=logs.append)
 
-    assert len(fake.model_calls) == 1 + 6  # the stem, then every fit model but the teacher: none timed twice
+    # the stem, then every fit model but the teacher (6 of random widths, 2 of them again with fewer blocks): none twice
+    assert len(fake.model_calls) == 1 + 6 + 2
     assert table.fit.max_abs_error < 1e-9  # exact on the models it was fitted on
+    # every model timed is recorded (kept sub-blocks, attention and MLP sums, ms), the teacher first, and travels
+    assert len(table.fit.points) == 9 and table.fit.points[0][0] == 2 * len(tiny_vit().blocks)
+    assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
     if disturbed:  # fit model 3 came out 1.5x slow: a fit on the others predicts it 1/3 below what was measured
-        assert table.fit.models == 6 and table.fit.left_out_error == pytest.approx(1 / 3)
+        assert table.fit.models == 8 and table.fit.left_out_error == pytest.approx(1 / 3)
         assert any("misses model 3 by 33.3%; it is left out" in line for line in logs)
     else:
-        assert table.fit.models == 7 and table.fit.left_out_error is None
+        assert table.fit.models == 9 and table.fit.left_out_error is None
         assert not any("left out" in line for line in logs)
 
 
@@ -292,9 +318,9 @@ def test_profile_without_fit_models_scales_both_parts_alike_on_the_teacher():
 
 
 def test_a_fit_never_takes_a_scale_at_or_below_zero():
-    fit = fit_table([(1.0, 1.0)], [1.0], fixed=1.5)  # the whole model measured faster than its stem alone
+    fit = fit_table([(2, 1.0, 1.0)], [1.0], fixed=1.5, cheapest=(0.1, 0.1))  # measured faster than its stem alone
     assert fit.b_attention == fit.b_mlp == 1.0 and fit.a == 0
-    assert fit_table([(0.0, 0.0)], [2.0], fixed=1.0).b_attention == 1.0  # no block time at all: no 0/0
+    assert fit_table([(0, 0.0, 0.0)], [2.0], fixed=1.0, cheapest=(0.1, 0.1)).b_attention == 1.0  # no block time: no 0/0
 
 
 def test_mlp_grid_follows_the_planner_groups():
@@ -353,15 +379,16 @@ def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, 
     key = table.key
     assert (key.target, key.precision, key.runtime_version, key.threads, key.device) == \
         ("trt-fp16", "fp16", f"tensorrt {version}", None, "Fake Orin")
-    assert len(table.attention) == 5 and table.mlp_widths == (0, 64, 128, 192, 256) and table.fit.models == 4
-    parsed = calls["parsed_files"]  # overhead + reference and 4 head counts + reference and 4 widths + 5 models
-    assert len(parsed) == 1 + 5 + 5 + 5
+    assert len(table.attention) == 5 and table.mlp_widths == (0, 64, 128, 192, 256) and \
+        table.fit.models == 6 - (table.fit.left_out_error is not None)
+    parsed = calls["parsed_files"]  # overhead + reference and 4 head counts + reference and 4 widths + 7 models
+    assert len(parsed) == 1 + 5 + 5 + 7
     tensorrt10 = version.startswith("10.")
     assert all(name.endswith(".fp16.onnx") != tensorrt10 for name in parsed)  # TensorRT 11: the FP16 graph
     assert calls["flags"] == (["FP16"] if tensorrt10 else [])
     # whole models are exported with a dynamic batch: one profile pinned at the profiled batch; sub-blocks are static
     assert calls["profile"] == ("input", (2, 3, 16, 16), (2, 3, 16, 16), (2, 3, 16, 16))
-    assert calls["profile_count"] == 5
+    assert calls["profile_count"] == 7  # the teacher, the stem, 3 models of random widths and 2 of fewer blocks
 
 
 def test_profile_refuses_blocks_it_cannot_time():
