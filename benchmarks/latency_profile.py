@@ -441,16 +441,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         bar.close()
     fixed = fixed_ratio * reference.ms
     measured = [r * reference.ms for r in ratios]
-    cheapest = (attention[1], mlp[1])
-    fit = fit_table(sums, measured, fixed, cheapest)
-    outlier = _outlier(sums, measured, fixed, cheapest) if fit.max_abs_error > OUTLIER_ERROR else None
-    if outlier is not None:  # most likely timed while something else ran: one such model bends a fit on 11
-        index, error = outlier
-        rest = [i for i in range(len(measured)) if i != index]
-        fit = dataclasses.replace(fit_table([sums[i] for i in rest], [measured[i] for i in rest], fixed, cheapest),
-                                  left_out_error=error)
-        log(f"latency table: a fit on the other models misses model {index} by {error:.1%}; it is left out")
-    fit = dataclasses.replace(fit, points=tuple((*map(float, x), round(m, 4)) for x, m in zip(sums, measured, strict=True)))
+    fit = robust_fit(sums, measured, fixed, (attention[1], mlp[1]), log)
     table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), fixed, fit,
                          seconds=round(time.perf_counter() - started, 1), round_to=round_to)
     log(f"latency table: {target} batch {batch}, {threads or 'default'} threads, {len(widths) - 1} MLP widths, "
@@ -466,6 +457,21 @@ def block_sums(table: LatencyTable, blocks: list[tuple[int, int]]) -> tuple[int,
     their attention and of their MLP times in the table."""
     return (sum(int(h > 0) + int(m > 0) for h, m in blocks), sum(table.attention_ms(h) for h, _ in blocks),
             sum(table.mlp_time(m) for _, m in blocks))
+
+
+def robust_fit(sums: list[tuple[int, float, float]], measured: list[float], fixed: float,
+               cheapest: tuple[float, float], log=print) -> Fit:
+    """`fit_table` on every whole model, or, when it misses one by more than `OUTLIER_ERROR` and a fit on all the
+    others misses one by more too, on all but that one (`_outlier`); every model recorded in `points`."""
+    fit = fit_table(sums, measured, fixed, cheapest)
+    outlier = _outlier(sums, measured, fixed, cheapest) if fit.max_abs_error > OUTLIER_ERROR else None
+    if outlier is not None:  # most likely timed while something else ran: one such model bends a fit on 11
+        index, error = outlier
+        rest = [i for i in range(len(measured)) if i != index]
+        fit = dataclasses.replace(fit_table([sums[i] for i in rest], [measured[i] for i in rest], fixed, cheapest),
+                                  left_out_error=error)
+        log(f"latency table: a fit on the other models misses model {index} by {error:.1%}; it is left out")
+    return dataclasses.replace(fit, points=tuple((*map(float, x), round(m, 4)) for x, m in zip(sums, measured, strict=True)))
 
 
 def fit_table(sums: list[tuple[int, float, float]], measured: list[float], fixed: float,

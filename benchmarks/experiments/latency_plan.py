@@ -139,7 +139,8 @@ def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threa
                 # the VM's speed drifts between profiling and timing: also as a share of the teacher timed with
                 # it, the realised line's own measure (1 / speedup) against the table's (1 - predicted reduction)
                 relative = (1 / t["ratio"]) / (predicted_ms / model_cost(model, "latency", table)) - 1
-                row.update(predicted_reduction=predicted, predicted_student_ms=predicted_ms,
+                row.update(table=table.to_dict(),  # its fit's points and entries: the fit can be redone offline
+                           predicted_reduction=predicted, predicted_student_ms=predicted_ms,
                            prediction_error=t["student_ms"] / predicted_ms - 1, relative_prediction_error=relative,
                            checks=[c.to_dict() for c in checks], check_seconds=round(check_s, 1))
             rows.append(row)
@@ -205,7 +206,7 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     teacher_top1 = evaluate(model, data.eval_loader)["top1"]
     return {"teacher_top1": teacher_top1, "predicted_reduction": predicted, "rows": rows,
             "checks": [c.to_dict() for c in checks],
-            "fit": dataclasses.asdict(table.fit), "profile_seconds": table.seconds,
+            "fit": dataclasses.asdict(table.fit), "table": table.to_dict(), "profile_seconds": table.seconds,
             "flops_top1_at_same_latency": at_same, "interpolated": inside,
             "difference_pt": 100 * (lat["top1"] - at_same)}
 
