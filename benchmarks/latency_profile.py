@@ -428,7 +428,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         fixed_ratio = clock.ratio(stem, images, reference, deployed=True, seconds=model_seconds)
         next(steps, None)
         table = LatencyTable(key, tuple(attention), tuple(widths), tuple(mlp), 0.0, round_to=round_to)
-        # per model: (sum of attention ms, sum of MLP ms), and its time over the teacher's; the first is the
+        # per model: its `block_sums` (kept sub-blocks, attention and MLP ms), and its time over the teacher's; the first is the
         # teacher itself, whose ratio to itself is 1 by definition (timing it against itself would only add noise)
         sums, ratios = [], []
         for plan in [PrunePlan(), *fit_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
