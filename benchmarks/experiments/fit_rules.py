@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from vitshrink.benchmarks.latency_profile import OUTLIER_ERROR, block_sums, robust_fit
+from vitshrink.compressor.atomic import write_text_atomic
 from vitshrink.compressor.latency_table import Fit, LatencyTable
 
 
@@ -69,7 +70,7 @@ def once_per_model_robust(sums: list[tuple[float, float]], measured: list[float]
 def compare(result: dict) -> dict:
     """Per rule: the held-out errors (predicted share of the teacher vs measured), and the fit."""
     table = LatencyTable.from_dict(result["table"])
-    points = [p for p in table.fit.points]
+    points = table.fit.points
     depth = table.key.architecture["depth"]
     sums, measured = [tuple(p[:3]) for p in points], [p[3] for p in points]
     new = robust_fit(sums, measured, table.fixed, (table.attention[1], table.mlp_ms[1]), log=lambda *a: None)
@@ -106,8 +107,6 @@ def main(results, json_path):
                        f"x{r['fit']['b_mlp']:.3f}: |error| mean {e.mean():.1%}, max {e.max():.1%}, within 5% "
                        f"{int((e <= 0.05).sum())} of {len(e)}; plans: mean {plans.mean():.1%}, max {plans.max():.1%}")
     if json_path is not None:
-        from vitshrink.compressor.atomic import write_text_atomic
-
         write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
 
 

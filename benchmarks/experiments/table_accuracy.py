@@ -24,6 +24,7 @@ import torch
 from vitshrink.benchmarks.experiments.latency_plan import cut, random_scores
 from vitshrink.benchmarks.latency_profile import measure_reduction, profile, random_plans
 from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.families import mlp_hidden
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, model_costs, plan_units
 
@@ -40,7 +41,7 @@ def held_out_models(model: torch.nn.Module, table, seeds: int, aims: tuple[float
                               round_to=round_to)
             cases.append((f"plan seed {seed} -{aim:.0%}", plan.plan))
     blk = model.blocks[0]
-    for i, plan in enumerate(random_plans(blk.attn.num_heads, blk.mlp.fc1.out_features, len(model.blocks), round_to,
+    for i, plan in enumerate(random_plans(blk.attn.num_heads, mlp_hidden(blk.mlp), len(model.blocks), round_to,
                                           random, seed=1)):
         cases.append((f"random {i}", plan))
     return cases
@@ -69,7 +70,7 @@ def main(model_name, batch, threads, round_to, seeds, aims, random, json_path):
         error = (1 - measured) / (1 - predicted) - 1
         rows.append({"model": name, "predicted": predicted, "measured": measured, "share_error": error,
                      "heads": [b.attn.num_heads for b in student.blocks],
-                     "mlp": [b.mlp.fc1.out_features for b in student.blocks]})
+                     "mlp": [mlp_hidden(b.mlp) for b in student.blocks]})
         click.echo(f"{name:20s} predicted -{predicted:.1%}  measured -{measured:.1%}  error {error:+.1%}")
     errors = np.abs([r["share_error"] for r in rows])
     click.echo(f"batch {batch}: |error| mean {errors.mean():.1%}, max {errors.max():.1%}, "
