@@ -178,8 +178,9 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
               help="MLP widths are measured on this grid (compress --round-to).")
 @click.option("--fit-models", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Whole models of random widths timed to fit the table, the first two again with fewer blocks "
-                   "(fewer than 2: one common scale).")
+              help="Whole models of reduced width timed to fit the table: one head with the whole MLP in every block, "
+                   "every head with a quarter of the MLP, then random widths; the first two again with fewer "
+                   "blocks (fewer than 2: one common scale).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Table file (JSON).")
 @click.option("--no-progress", is_flag=True)
 def profile_command(model: str, model_args: tuple[str, ...], target: str, batch_size: int, threads: int | None,

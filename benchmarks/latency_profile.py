@@ -3,7 +3,8 @@
 One attention sub-block (norm, attention with h heads, residual) for h = 1..H, one MLP sub-block for
 every kept width on the `round_to` grid, and the fixed part (the model without blocks), each timed
 alone on the target: ONNX Runtime through the session `bench` uses (exporters/sessions.py), or eager
-PyTorch. Then whole models of random widths (two of them also of fewer blocks) are timed, and the fit
+PyTorch. Then whole models of reduced width (two at the corners where plans fall, the rest random; two of
+them also with fewer blocks) are timed, and the fit
 `measured = fixed + a * kept sub-blocks + b_attention * attention sum + b_mlp * MLP sum` absorbs what
 sub-blocks alone miss; its error is recorded in the table. Every time is a median over repeats after a warm-up, in milliseconds per
 batch, taken alternately with a reference of its kind (the full sub-block, the teacher) and stored as
@@ -43,7 +44,7 @@ from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention,
 from vitshrink.exporters.layout import INPUT_NAME, OUTPUT_NAME
 
 TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "trt-fp32", "trt-fp16")  # what a table can be measured on
-FIT_MODELS = 8  # whole models of random widths timed for the fit (plus the full model) ...
+FIT_MODELS = 8  # whole models of reduced width timed for the fit (plus the full model): two corners, the rest random ...
 DEPTH_FIT_MODELS = 2  # ... and the first ones again with a quarter and a half of their blocks removed
 CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s ...
 CHECK_PAIRS = 20  # ... and at least this many rounds: repeated timings of one ViT-S pair at batch 8 on a shared
@@ -55,6 +56,8 @@ MODEL_SECONDS = 1.5  # ... and for at least twice this: on this VM the ratio of 
 # at batch 1 timed twice more (4 s each) moved 1-8% from their 1 s in the profile, and 1-5% from each other
 PART_REPEATS = 4  # ... of each sub-block with its reference: at ViT-S batch 8 the ratio's spread over 20 tries
 # was 1.0% with 4 pairs, 1.1% with 6 and 3.1% with 10 (one slow outlier): more pairs buy nothing here
+PART_FLOOR = 0.01  # a sub-block is recorded at no less than this share of the full one: a tiny one can time as less than
+# the call overhead taken off it, and a part of no time would let the fit price it at nothing
 NARROWEST_SHARE = 0.1  # the fit leaves the narrowest attention and MLP sub-blocks at least this share of their time alone
 OUTLIER_ERROR = 0.08  # a whole model that a fit on the others misses by more is left out of the fit (one at most)
 ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-block and model
@@ -289,11 +292,10 @@ class _Clock:
 
 def _paired_ratio(run: Callable[[], object], other: Callable[[], object], repeats: int, min_seconds: float,
                   sync: Callable[[], None]) -> tuple[float, float]:
-    """The median over rounds of `run`'s time over `other`'s, the two called back to back (A B A B) after a
-    warm-up of both, and `other`'s median ms."""
-    for _ in range(2):
-        run()
-        other()
+    """The median over rounds of `run`'s time over `other`'s, the two called back to back (A B A B) after one
+    warm-up call of both (ONNX Runtime plans its memory on a session's first call), and `other`'s median ms."""
+    run()
+    other()
     sync()
     times: tuple[list, list] = ([], [])
     started = time.perf_counter()
@@ -356,11 +358,25 @@ def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count:
     return plans
 
 
+def corner_plans(spec_heads: int, hidden: int, depth: int, round_to: int) -> list[PrunePlan]:
+    """Two models at the corners where latency plans fall: one head and the whole MLP in every block (ViT-S at
+    batch 1 and 8 on ONNX Runtime CPU: heads cut to 1-3, MLPs kept whole), and every head with a quarter of the
+    MLP (the 6-block CIFAR-10 ViT: MLPs cut to about 0.27 of their width, heads kept). A fit on random widths
+    alone extrapolates to these corners, and its two scales trade against each other there."""
+    widths = np.array(mlp_grid(hidden, round_to)[1:])
+    quarter = int(widths[np.abs(widths - hidden / 4).argmin()])
+    every = range(depth)
+    return [PrunePlan(keep_heads={i: (0,) for i in every}, keep_neurons={i: tuple(range(hidden)) for i in every}),
+            PrunePlan(keep_heads={i: tuple(range(spec_heads)) for i in every}, keep_neurons={i: tuple(range(quarter)) for i in every})]
+
+
 def fit_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
-    """The whole models the fit is made on: `random_plans`, and the first `DEPTH_FIT_MODELS` of them again with
-    a quarter and a half of their blocks removed (chosen at random), so that the fit sees what a block costs
-    inside models of fewer blocks, as the depth stage plans them."""
-    plans = random_plans(spec_heads, hidden, depth, round_to, count, seed)
+    """The whole models the fit is made on: `count` of reduced width (the two `corner_plans` first, then
+    `random_plans`), and the first `DEPTH_FIT_MODELS` of them again with a quarter and a half of their blocks
+    removed (chosen at random), so that the fit sees what a block costs inside models of fewer blocks, as the
+    depth stage plans them."""
+    corners = corner_plans(spec_heads, hidden, depth, round_to)[:count]
+    plans = [*corners, *random_plans(spec_heads, hidden, depth, round_to, count - len(corners), seed)]
     rng = np.random.default_rng(seed + 1)
     shallow = []
     for plan, share in zip(plans[:DEPTH_FIT_MODELS], (0.25, 0.5), strict=False):
@@ -413,7 +429,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
             part.attn = prune_attention(part.attn, tuple(range(h)))
             ratios.append(clock.ratio(AttentionPart(part), tokens, reference, repeats=part_repeats))
             next(steps, None)
-        attention = [0.0, *monotone([max(r * reference.ms - overhead, 0.0) for r in ratios])]
+        attention = [0.0, *monotone([max(r * reference.ms - overhead, PART_FLOOR * reference.ms) for r in ratios])]
         reference = clock.reference(MlpPart(block), tokens)
         ratios = []
         for m in widths[1:]:
@@ -421,7 +437,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
             part.mlp = prune_mlp(part.mlp, tuple(range(m)))
             ratios.append(clock.ratio(MlpPart(part), tokens, reference, repeats=part_repeats))
             next(steps, None)
-        mlp = [0.0, *monotone([max(r * reference.ms - overhead, 0.0) for r in ratios])]
+        mlp = [0.0, *monotone([max(r * reference.ms - overhead, PART_FLOOR * reference.ms) for r in ratios])]
         stem = copy.deepcopy(model)
         stem.blocks = nn.Sequential()
         reference = clock.reference(model, images, deployed=True)

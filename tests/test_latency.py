@@ -16,7 +16,14 @@ from click.testing import CliRunner
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from tests.fake_tensorrt import fake_tensorrt
 from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
-from vitshrink.benchmarks.latency_profile import fit_table, monotone, profile, table_key
+from vitshrink.benchmarks.latency_profile import (
+    DEPTH_FIT_MODELS,
+    fit_plans,
+    fit_table,
+    monotone,
+    profile,
+    table_key,
+)
 from vitshrink.cli import main
 from vitshrink.compressor import knapsack
 from vitshrink.compressor.artifact import load_artifact, save_artifact
@@ -230,9 +237,10 @@ def test_profile_measures_every_head_count_and_width_of_the_grid(target):
     assert table.key == table_key(model, target, 2, 1)
     assert len(table.attention) == 5 and table.attention[0] == 0 and table.attention[-1] > 0
     assert table.mlp_widths == tuple(mlp_grid(256, 64)) == (0, 64, 128, 192, 256)
-    assert table.mlp_ms[0] == 0 and table.mlp_ms[-1] > 0 and table.fixed > 0  # a tiny part can time as 0
+    assert table.mlp_ms[0] == 0 and min(table.attention[1:] + table.mlp_ms[1:]) > 0 and table.fixed > 0  # never 0
     assert all(np.diff(table.attention) >= 0) and all(np.diff(table.mlp_ms) >= 0)  # made monotone
-    # the teacher, 3 models of random widths and the first 2 again with fewer blocks (one may be left out)
+    # the teacher, 3 models of reduced width (the 2 corners, 1 random) and the first 2 again with fewer blocks
+    # (one may be left out)
     assert table.fit.models == 6 - (table.fit.left_out_error is not None) and table.fit.mean_abs_error is not None
 
 
@@ -286,7 +294,7 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
     table = profile(tiny_vit(), "ort-cpu", batch=1, threads=1, round_to=64, repeats=3, fit_models=6, progress=False,
                     log=logs.append)
 
-    # the stem, then every fit model but the teacher (6 of random widths, 2 of them again with fewer blocks): none twice
+    # the stem, then every fit model but the teacher (6 of reduced width, 2 of them again with fewer blocks): none twice
     assert len(fake.model_calls) == 1 + 6 + 2
     assert table.fit.max_abs_error < 1e-9  # exact on the models it was fitted on
     # every model timed is recorded (kept sub-blocks, attention and MLP sums, ms), the teacher first, and travels
@@ -298,6 +306,41 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
     else:
         assert table.fit.models == 9 and table.fit.left_out_error is None
         assert not any("left out" in line for line in logs)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 8])
+def test_fit_plans_start_at_the_corners_where_latency_plans_fall(count):
+    plans = fit_plans(spec_heads=6, hidden=1536, depth=12, round_to=8, count=count)
+    assert len(plans) == count + min(count, DEPTH_FIT_MODELS)
+    width, shallow = plans[:count], plans[count:]
+    every = range(12)
+    if count >= 1:  # one head and the whole MLP in every block
+        assert width[0].keep_heads == {i: (0,) for i in every}
+        assert width[0].keep_neurons == {i: tuple(range(1536)) for i in every}
+    if count >= 2:  # every head and a quarter of the MLP
+        assert width[1].keep_heads == {i: tuple(range(6)) for i in every}
+        assert width[1].keep_neurons == {i: tuple(range(384)) for i in every}
+    assert all(not p.drop_blocks for p in width) and len({repr(p) for p in width}) == count  # all different
+    for plan, base, dropped in zip(shallow, width, (3, 6), strict=False):  # the first ones again, 1/4 and 1/2 of the blocks gone
+        assert len(plan.drop_blocks) == dropped and plan.keep_heads == base.keep_heads
+
+
+def test_a_sub_block_that_times_below_the_call_overhead_is_recorded_at_the_floor(monkeypatch):
+    """A tiny part can time as less than the empty call taken off it: recorded as 1% of the full part, never 0
+    (a part of no time would let the fit price it at nothing, and the table would be refused)."""
+    from vitshrink.benchmarks import latency_profile
+
+    fake = _LinearClock(set())
+    monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: 100.0)  # the empty call: slower than all
+    monkeypatch.setattr(latency_profile._Clock, "reference", lambda clock, m, x, deployed=False: _FakeReference(m))
+    monkeypatch.setattr(latency_profile._Clock, "ratio", lambda clock, m, x, ref, deployed=False, repeats=None, seconds=None:
+                        fake.ratio(m, ref, deployed, repeats))
+    table = profile(tiny_vit(), "ort-cpu", batch=1, threads=1, round_to=64, repeats=3, fit_models=6, progress=False,
+                    log=lambda *a: None)
+    full_attention, full_mlp = 0.4 * 4, 0.01 * 256  # the full sub-blocks' ms (_LinearClock.cost)
+    assert table.attention[1:] == pytest.approx([0.01 * full_attention] * 4)
+    assert table.mlp_ms[1:] == pytest.approx([0.01 * full_mlp] * 4)
+    assert min(table.attention_cost(1), table.mlp_cost(64)) > 0
 
 
 def test_monotone_pools_adjacent_violators_into_their_mean():
