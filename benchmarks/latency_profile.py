@@ -361,8 +361,9 @@ def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count:
 def corner_plans(spec_heads: int, hidden: int, depth: int, round_to: int) -> list[PrunePlan]:
     """Two models at the corners where latency plans fall: one head and the whole MLP in every block (ViT-S at
     batch 1 and 8 on ONNX Runtime CPU: heads cut to 1-3, MLPs kept whole), and every head with a quarter of the
-    MLP (the 6-block CIFAR-10 ViT: MLPs cut to about 0.27 of their width, heads kept). A fit on random widths
-    alone extrapolates to these corners, and its two scales trade against each other there."""
+    MLP (the 6-block CIFAR-10 ViT: MLPs cut to about 0.27 of their width, heads kept), so that the fit has seen
+    where plans go instead of extrapolating there (a refit without them predicted held-out models as well on
+    one profile per batch: docs/latency.md)."""
     widths = np.array(mlp_grid(hidden, round_to)[1:])
     quarter = int(widths[np.abs(widths - hidden / 4).argmin()])
     every = range(depth)
