@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from vitshrink.benchmarks.experiments.fit_rules import error_summary, fit_fields, held_out_errors
 from vitshrink.benchmarks.latency_profile import DEPTH_FIT_MODELS, block_sums, fit_plans, robust_fit
 from vitshrink.compressor.atomic import write_text_atomic
 from vitshrink.compressor.latency_table import LatencyTable
@@ -56,21 +57,14 @@ def compare(result: dict) -> dict:
     table = LatencyTable.from_dict(result["table"])
     kinds = point_kinds(table)
     arch = table.key.architecture
-    teacher = block_sums(table, [(arch["num_heads"], arch["mlp_hidden"])] * arch["depth"])
+    teacher = [(arch["num_heads"], arch["mlp_hidden"])] * arch["depth"]
     out = {}
     for name, wanted in FITS.items():
         chosen = [p for p, kind in zip(table.fit.points, kinds, strict=True) if kind in wanted]
         fit = robust_fit([tuple(p[:3]) for p in chosen], [p[3] for p in chosen], table.fixed,
                          (table.attention[1], table.mlp_ms[1]), log=lambda *a: None)
-
-        def predict(s, fit=fit):
-            return table.fixed + fit.a * s[0] + fit.b_attention * s[1] + fit.b_mlp * s[2]
-
-        errors = []
-        for row in result["rows"]:
-            share = predict(block_sums(table, list(zip(row["heads"], row["mlp"], strict=True)))) / predict(teacher)
-            errors.append((1 - row["measured"]) / share - 1)
-        out[name] = {"fit": {k: v for k, v in dataclasses.asdict(fit).items() if k != "points"}, "errors": errors}
+        predict = dataclasses.replace(table, fit=fit).predict
+        out[name] = {"fit": fit_fields(fit), "errors": held_out_errors(result["rows"], predict, teacher)}
     return out
 
 
@@ -85,12 +79,9 @@ def main(results, json_path):
         report[path.name] = compared = compare(result)
         click.echo(f"{path.name} (batch {result['batch']}):")
         for name, r in compared.items():
-            e = np.abs(r["errors"])
-            plans = np.abs([x for x, row in zip(r["errors"], result["rows"], strict=True) if row["model"].startswith("plan")])
             click.echo(f"  {name:18s} {r['fit']['models']:2d} models, a {r['fit']['a']:+.3f}, attention "
-                       f"x{r['fit']['b_attention']:.3f}, MLP x{r['fit']['b_mlp']:.3f}: |error| mean {e.mean():.1%}, "
-                       f"max {e.max():.1%}, within 5% {int((e <= 0.05).sum())} of {len(e)}; plans: mean "
-                       f"{plans.mean():.1%}, max {plans.max():.1%}")
+                       f"x{r['fit']['b_attention']:.3f}, MLP x{r['fit']['b_mlp']:.3f}: "
+                       f"{error_summary(r['errors'], result['rows'])}")
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -76,18 +77,31 @@ def compare(result: dict) -> dict:
     new = robust_fit(sums, measured, table.fixed, (table.attention[1], table.mlp_ms[1]), log=lambda *a: None)
     full = [i for i, p in enumerate(points) if p[0] == 2 * depth]
     old = once_per_model_robust([sums[i][1:] for i in full], [measured[i] for i in full], table.fixed)
-    teacher = block_sums(table, [(table.key.architecture["num_heads"], table.key.architecture["mlp_hidden"])] * depth)
-    rules = {"per sub-block": lambda s: table.fixed + new.a * s[0] + new.b_attention * s[1] + new.b_mlp * s[2],
-             "once per model": lambda s: once_per_model_predict(old, table.fixed, s[1], s[2])}
-    out = {}
-    for name, predict in rules.items():
-        errors = []
-        for row in result["rows"]:
-            share = predict(block_sums(table, list(zip(row["heads"], row["mlp"], strict=True)))) / predict(teacher)
-            errors.append((1 - row["measured"]) / share - 1)
-        fit = new if name == "per sub-block" else old
-        out[name] = {"fit": {k: v for k, v in dataclasses.asdict(fit).items() if k != "points"}, "errors": errors}
-    return out
+    teacher = [(table.key.architecture["num_heads"], table.key.architecture["mlp_hidden"])] * depth
+    rules = {"per sub-block": (new, dataclasses.replace(table, fit=new).predict),
+             "once per model": (old, lambda blocks: once_per_model_predict(old, table.fixed, *block_sums(table, blocks)[1:]))}
+    return {name: {"fit": fit_fields(fit), "errors": held_out_errors(result["rows"], predict, teacher)}
+            for name, (fit, predict) in rules.items()}
+
+
+def held_out_errors(rows: list[dict], predict: Callable[[list[tuple[int, int]]], float],
+                    teacher: list[tuple[int, int]]) -> list[float]:
+    """Per held-out model of a `table_accuracy` result: its measured share of the teacher over the share
+    `predict` (ms of a model whose blocks keep (heads, hidden) each) gives it, minus 1."""
+    return [(1 - row["measured"]) / (predict(list(zip(row["heads"], row["mlp"], strict=True))) / predict(teacher)) - 1
+            for row in rows]
+
+
+def fit_fields(fit: Fit) -> dict:
+    return {k: v for k, v in dataclasses.asdict(fit).items() if k != "points"}
+
+
+def error_summary(errors: list[float], rows: list[dict]) -> str:
+    """|error| mean, max and within 5% over all held-out models, and mean and max over the plans."""
+    e = np.abs(errors)
+    plans = np.abs([x for x, row in zip(errors, rows, strict=True) if row["model"].startswith("plan")])
+    return (f"|error| mean {e.mean():.1%}, max {e.max():.1%}, within 5% {int((e <= 0.05).sum())} of {len(e)}; "
+            f"plans: mean {plans.mean():.1%}, max {plans.max():.1%}")
 
 
 @click.command()
@@ -101,11 +115,8 @@ def main(results, json_path):
         report[path.name] = compared = compare(result)
         click.echo(f"{path.name} (batch {result['batch']}):")
         for name, r in compared.items():
-            e = np.abs(r["errors"])
-            plans = np.abs([x for x, row in zip(r["errors"], result["rows"], strict=True) if row["model"].startswith("plan")])
             click.echo(f"  {name:15s} a {r['fit']['a']:+.3f}, attention x{r['fit']['b_attention']:.3f}, MLP "
-                       f"x{r['fit']['b_mlp']:.3f}: |error| mean {e.mean():.1%}, max {e.max():.1%}, within 5% "
-                       f"{int((e <= 0.05).sum())} of {len(e)}; plans: mean {plans.mean():.1%}, max {plans.max():.1%}")
+                       f"x{r['fit']['b_mlp']:.3f}: {error_summary(r['errors'], result['rows'])}")
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
 

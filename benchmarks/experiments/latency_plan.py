@@ -164,24 +164,32 @@ def speed_table(rows: list[dict]) -> str:
     return format_table(body, header)
 
 
-def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
-             offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
-             log: Callable[[str], None], test_limit: int | None = None, check: bool = True) -> dict:
+def teacher_data_and_scores(teacher_path: str, data_dir: str, reduction: float, seed: int,
+                            test_limit: int | None = None):
+    """The accuracy experiment's teacher, its ImageFolder data (`seed`'s split) and the Taylor scores it plans
+    with: one place, so that `same_macs_taylor` recomputes exactly what a run planned with."""
     from vitshrink.compressor.api import DataOptions, build_compress_data
-    from vitshrink.compressor.evaluate import evaluate
     from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_units
     from vitshrink.compressor.pipeline import CompressConfig
     from vitshrink.compressor.planner import Budget
 
-    torch.set_num_threads(threads)
     teacher = load_model(teacher_path)
-    model = teacher.model.eval()
-    io = IOSpec.from_model(model, teacher.data_config)
     config = CompressConfig(budget=Budget("flops", reduction))
     data = build_compress_data(teacher, DataOptions(dataset="imagefolder", data_dir=data_dir, train_limit=20000,
                                                     val_split=2000, eval_limit=test_limit, seed=seed), config)
     calib = calibration_batches(data.calib_loader, config.calib_batches, 0, 1)
-    scores = score_units(model, calib, "taylor", ScoringLoss("ce"), seed=seed)
+    return teacher, data, score_units(teacher.model.eval(), calib, "taylor", ScoringLoss("ce"), seed=seed)
+
+
+def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
+             offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
+             log: Callable[[str], None], test_limit: int | None = None, check: bool = True) -> dict:
+    from vitshrink.compressor.evaluate import evaluate
+
+    torch.set_num_threads(threads)
+    teacher, data, scores = teacher_data_and_scores(teacher_path, data_dir, reduction, seed, test_limit)
+    model = teacher.model.eval()
+    io = IOSpec.from_model(model, teacher.data_config)
     table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
     lat_plan, predicted, checks = latency_cut(model, scores, table, reduction, round_to, check, log)
     students = {"latency": cut(model, lat_plan)}

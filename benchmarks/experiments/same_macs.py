@@ -17,10 +17,15 @@ import click
 import numpy as np
 
 
-def same_macs(result: dict) -> dict:
-    """Latency plan (the first row) against the FLOPs row with the nearest MACs reduction, in points."""
+def latency_and_twin(result: dict) -> tuple[dict, dict]:
+    """The latency plan's row (the first) and the FLOPs row with the nearest MACs reduction."""
     latency, *flops = result["rows"]
-    twin = min(flops, key=lambda r: abs(r["flops_reduction"] - latency["flops_reduction"]))
+    return latency, min(flops, key=lambda r: abs(r["flops_reduction"] - latency["flops_reduction"]))
+
+
+def same_macs(result: dict) -> dict:
+    """Latency plan against the FLOPs plan at its MACs (`latency_and_twin`), in points."""
+    latency, twin = latency_and_twin(result)
     return {"macs_gap_pt": 100 * (latency["flops_reduction"] - twin["flops_reduction"]),
             "top1_pt": 100 * (latency["top1"] - twin["top1"]),
             "realised_pt": 100 * (latency["realised_reduction"] - twin["realised_reduction"]),

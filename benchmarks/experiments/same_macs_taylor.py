@@ -38,28 +38,19 @@ def removed_score(scores: Scores, heads: list[int], mlp: list[int]) -> float:
 @click.argument("runs", nargs=-1, required=True)
 def main(teacher_path, data_dir, threads, runs):
     """RUNS: accuracy result JSON:seed pairs (the --seed each accuracy run was made with)."""
-    from vitshrink.compressor.api import DataOptions, build_compress_data
-    from vitshrink.compressor.importance import ScoringLoss, calibration_batches, score_units
-    from vitshrink.compressor.model_loading import load_model
-    from vitshrink.compressor.pipeline import CompressConfig
-    from vitshrink.compressor.planner import Budget
+    from vitshrink.benchmarks.experiments.latency_plan import teacher_data_and_scores
+    from vitshrink.benchmarks.experiments.same_macs import latency_and_twin
 
     torch.set_num_threads(threads)
     for run in runs:
         path, _, seed_text = run.rpartition(":")
         if not path or not seed_text.isdigit():
             raise click.BadParameter(f"{run!r}: give RESULT.json:SEED", param_hint="RUNS")
-        seed = int(seed_text)
-        teacher = load_model(teacher_path)  # as `latency_plan accuracy` scores it
-        config = CompressConfig(budget=Budget("flops", 0.3))
-        data = build_compress_data(teacher, DataOptions(dataset="imagefolder", data_dir=data_dir, train_limit=20000,
-                                                        val_split=2000, eval_limit=None, seed=seed), config)
-        calib = calibration_batches(data.calib_loader, config.calib_batches, 0, 1)
-        scores = score_units(teacher.model.eval(), calib, "taylor", ScoringLoss("ce"), seed=seed)
-        latency, *flops = json.loads(Path(path).read_text())["rows"]
-        twin = min(flops, key=lambda r: abs(r["flops_reduction"] - latency["flops_reduction"]))
-        for row in (latency, twin):
-            click.echo(f"{Path(path).name} seed {seed} {row['plan']:11s} MACs -{row['flops_reduction']:.1%} top-1 "
+        result = json.loads(Path(path).read_text())
+        # the budget only names the run's config; the scores depend on the teacher, the data and the seed
+        _, _, scores = teacher_data_and_scores(teacher_path, str(data_dir), 0.3, int(seed_text))
+        for row in latency_and_twin(result):
+            click.echo(f"{Path(path).name} seed {seed_text} {row['plan']:11s} MACs -{row['flops_reduction']:.1%} top-1 "
                        f"{row['top1']:.2%} removed Taylor {removed_score(scores, row['heads'], row['mlp']):.4f} "
                        f"heads {row['heads']} mlp {row['mlp']}")
 
