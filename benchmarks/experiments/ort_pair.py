@@ -16,7 +16,18 @@ from vitshrink.exporters.onnx_export import DEFAULT_OPSET, export_onnx
 
 def ort_cpu_runtime(model: torch.nn.Module, io: IOSpec, path: Path, options: RuntimeOptions) -> Runtime:
     """`model` exported to `path` (legacy exporter, simplified) and loaded as bench's ort-cpu FP32 runtime."""
+    export_for_ort(model, io, path)
+    return load_ort_cpu(path, io, options)
+
+
+def export_for_ort(model: torch.nn.Module, io: IOSpec, path: Path) -> Path:
+    """`model` exported to `path` as `ort_cpu_runtime` exports it (legacy exporter, simplified)."""
     export_onnx(model, io, path, dynamo=False, opset=DEFAULT_OPSET, simplify=True)
+    return path
+
+
+def load_ort_cpu(path: Path, io: IOSpec, options: RuntimeOptions) -> Runtime:
+    """An exported model (`ort_cpu_runtime`) loaded again: bench's ort-cpu FP32 runtime in a fresh session."""
     return build_runtime(BackendSpec("ort-cpu", "fp32"), Subject(path.stem, io.input_size, onnx={"fp32": path}),
                          options)
 
