@@ -360,6 +360,19 @@ def test_profile_without_fit_models_scales_both_parts_alike_on_the_teacher():
     assert fit.max_abs_error == pytest.approx(0, abs=1e-9) or fit.b_attention == 1.0
 
 
+def test_profile_with_one_fit_model_times_its_corner_and_a_shallow_copy_under_one_scale():
+    """--fit-models 1: the first corner (one head, whole MLPs) and its copy with a quarter of the blocks removed,
+    beside the teacher: 3 models, below the 5 a free fit needs, so one common scale and no intercept."""
+    table = profile(tiny_vit(), "ort-cpu", batch=1, threads=1, round_to=64, repeats=2, min_seconds=0.0,
+                    model_seconds=0.0, fit_models=1, progress=False, log=lambda *a: None)
+    fit = table.fit
+    kept_sub_blocks = [int(point[0]) for point in fit.points]
+    assert kept_sub_blocks == [6, 6, 4]  # teacher; the corner (3 blocks); the corner with 1 of 3 blocks removed
+    head_sums = [point[1] for point in fit.points]
+    assert head_sums[1] == pytest.approx(3 * table.attention[1]) and head_sums[2] == pytest.approx(2 * table.attention[1])
+    assert fit.a == 0 and fit.b_attention == fit.b_mlp > 0 and fit.models in (2, 3)
+
+
 def test_a_fit_never_takes_a_scale_at_or_below_zero():
     fit = fit_table([(2, 1.0, 1.0)], [1.0], fixed=1.5, cheapest=(0.1, 0.1))  # measured faster than its stem alone
     assert fit.b_attention == fit.b_mlp == 1.0 and fit.a == 0

@@ -5,18 +5,12 @@ from __future__ import annotations
 import click
 import pytest
 
+from tests.experiments.toy_table import DEPTH, HEADS, HIDDEN, toy_table
 from vitshrink.benchmarks.experiments.corner_models import compare, point_kinds
 from vitshrink.benchmarks.latency_profile import block_sums, fit_plans
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
+from vitshrink.compressor.latency_table import LatencyTable
 
-DEPTH, HEADS, HIDDEN, ROUND_TO = 4, 4, 64, 16
-
-
-def _table(points: tuple = ()) -> LatencyTable:
-    key = TableKey(architecture={"depth": DEPTH, "num_heads": HEADS, "mlp_hidden": HIDDEN}, target="ort-cpu",
-                   precision="fp32", runtime_version="onnxruntime 1", threads=1, batch=1, device="cpu")
-    return LatencyTable(key, attention=(0.0, 1.0, 1.5, 2.0, 2.5), mlp_widths=(0, 16, 32, 48, 64),
-                        mlp_ms=(0.0, 0.5, 1.0, 1.5, 2.0), fixed=2.0, fit=Fit(points=points), round_to=ROUND_TO)
+ROUND_TO = 16
 
 
 def _blocks(plan) -> list[tuple[int, int]]:
@@ -26,16 +20,16 @@ def _blocks(plan) -> list[tuple[int, int]]:
 def _result(runtime) -> dict:
     """A profile's fit points and three held-out models near the one-head corner, all timed on `runtime`."""
     shapes = [[(HEADS, HIDDEN)] * DEPTH, *(_blocks(p) for p in fit_plans(HEADS, HIDDEN, DEPTH, ROUND_TO, 8))]
-    points = tuple((*block_sums(_table(), s), runtime(s)) for s in shapes)
+    points = tuple((*block_sums(toy_table(round_to=ROUND_TO), s), runtime(s)) for s in shapes)
     held_out = [[(1, 64)] * DEPTH, [(1, 64), (1, 64), (2, 64), (1, 48)], [(2, 64)] * DEPTH]
     teacher = runtime(shapes[0])
     rows = [{"model": f"plan {i}", "heads": [h for h, _ in s], "mlp": [m for _, m in s], "measured": 1 - runtime(s) / teacher}
             for i, s in enumerate(held_out)]
-    return {"table": _table(points).to_dict(), "rows": rows}
+    return {"table": toy_table(round_to=ROUND_TO, points=points).to_dict(), "rows": rows}
 
 
 def _linear(blocks) -> float:
-    n, att, mlp = block_sums(_table(), blocks)
+    n, att, mlp = block_sums(toy_table(round_to=ROUND_TO), blocks)
     return 2.0 - 0.2 * n + 0.9 * att + 0.8 * mlp
 
 

@@ -5,23 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.experiments.toy_table import DEPTH, HEADS, HIDDEN, toy_table
 from vitshrink.benchmarks.experiments.fit_rules import compare
 from vitshrink.benchmarks.latency_profile import block_sums
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
-
-DEPTH, HEADS, HIDDEN = 4, 4, 64
-
-
-def _table(points: tuple = ()) -> LatencyTable:
-    key = TableKey(architecture={"depth": DEPTH, "num_heads": HEADS, "mlp_hidden": HIDDEN}, target="ort-cpu",
-                   precision="fp32", runtime_version="onnxruntime 1", threads=1, batch=1, device="cpu")
-    return LatencyTable(key, attention=(0.0, 1.0, 1.5, 2.0, 2.5), mlp_widths=(0, 16, 32, 48, 64),
-                        mlp_ms=(0.0, 0.5, 1.0, 1.5, 2.0), fixed=2.0, fit=Fit(points=points))
 
 
 def _ms(blocks: list[tuple[int, int]]) -> float:
     """The 'runtime': every kept sub-block runs 0.2 ms faster than alone, attention x0.9, MLP x0.8."""
-    n, att, mlp = block_sums(_table(), blocks)
+    n, att, mlp = block_sums(toy_table(), blocks)
     return 2.0 - 0.2 * n + 0.9 * att + 0.8 * mlp
 
 
@@ -30,13 +21,13 @@ def test_the_per_sub_block_rule_predicts_a_per_sub_block_runtime_and_the_old_one
     shapes = [[(HEADS, HIDDEN)] * DEPTH]
     shapes += [[(int(rng.integers(1, HEADS + 1)), int(rng.choice([16, 32, 48, 64]))) for _ in range(DEPTH)] for _ in range(8)]
     shapes += [shapes[1][:3], shapes[2][:2]]  # two models of fewer blocks
-    points = tuple((*block_sums(_table(), s), _ms(s)) for s in shapes)
+    points = tuple((*block_sums(toy_table(), s), _ms(s)) for s in shapes)
     held_out = [[(1, 64)] * DEPTH, [(2, 32)] * DEPTH, [(1, 16), (4, 64), (2, 48), (1, 32)]]
     teacher = _ms([(HEADS, HIDDEN)] * DEPTH)
     rows = [{"model": f"plan {i}", "heads": [h for h, _ in s], "mlp": [m for _, m in s], "measured": 1 - _ms(s) / teacher}
             for i, s in enumerate(held_out)]
 
-    result = compare({"table": _table(points).to_dict(), "rows": rows})
+    result = compare({"table": toy_table(points=points).to_dict(), "rows": rows})
 
     new, old = result["per sub-block"], result["once per model"]
     assert new["fit"]["a"] == pytest.approx(-0.2) and max(map(abs, new["errors"])) < 1e-9
@@ -44,7 +35,7 @@ def test_the_per_sub_block_rule_predicts_a_per_sub_block_runtime_and_the_old_one
     # allowed here), so it fits the full-depth models exactly too: it predicts these as well
     assert old["fit"]["a"] == pytest.approx(-1.6) and max(map(abs, old["errors"])) < 1e-9
     # on a stem cheaper than the sub-blocks' gap (as on ViT-S at batch 1), it must drop the intercept, and misses
-    cheap_stem = {**_table(points).to_dict(), "fixed": 1.0}
+    cheap_stem = {**toy_table(points=points).to_dict(), "fixed": 1.0}
     shifted = tuple((*p[:3], p[3] - 1.0) for p in points)
     cheap_stem["fit"] = {**cheap_stem["fit"], "points": [list(p) for p in shifted]}
     rows_cheap = [{**r, "measured": 1 - (_ms(s) - 1.0) / (teacher - 1.0)} for r, s in zip(rows, held_out, strict=True)]
