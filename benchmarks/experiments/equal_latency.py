@@ -43,7 +43,7 @@ from vitshrink.compressor.surgery import PrunePlan, apply_plan
 from vitshrink.exporters.io_spec import IOSpec
 
 ROUNDS = 12  # pairings per plan, each in fresh sessions: with 12 the five FLOPs plans' speedups rose with MACs in all 16 runs
-ROUND_SECONDS = 1.0  # per model per round: a pairing's own interval is far narrower than the spread between sessions
+ROUND_SECONDS = 1.0  # per model per round: more short pairings of fresh sessions rather than a few long ones
 
 
 def time_rounds(reference: torch.nn.Module, others: dict[str, torch.nn.Module], io: IOSpec, batch: int,
