@@ -7,8 +7,8 @@ timing moves by more than its own interval says: session 9's run 12 FLOPs plans 
 call), each timed again four times against the teacher in fresh sessions, moved by 0.8-2.1 points of realised
 reduction and sat 0.9-3.8 points from the run's own values, where one timing's 95% interval spans about 0.5
 point; their realised reductions did not even rise with their MACs. One ONNX file timed against itself in fresh
-sessions (`session_noise.py`) spread with sd 2.9% in one hour and 0.6% in another. A few points of latency are a
-few tenths of a point of top-1 here: the size of the goal.
+sessions spread with sd 2.9% in one hour (a one-off script) and 0.6% in another (`session_noise.py`). A few
+points of latency are a few tenths of a point of top-1 here: the size of the goal.
 
 So here every FLOPs plan is timed against the latency plan (interleaved, as `bench` times a student against its
 teacher) in `rounds` pairings, each in fresh sessions, the latency plan first in even rounds and second in odd
