@@ -25,6 +25,8 @@ from vitshrink.compressor.importance import ScoringLoss, calibration_batches, sc
 from vitshrink.compressor.latency_check import land_on_target
 from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.plan_choice import describe as describe_choice
+from vitshrink.compressor.plan_choice import plan_and_choose
 from vitshrink.compressor.plan_file import check_plan, read_plan, write_plan
 from vitshrink.compressor.planner import (
     TOLERANCE,
@@ -165,6 +167,7 @@ class StageRecord:
     images_per_s: float | None = None  # distillation throughput (training steps, teacher included)
     kept_epoch: int | None = None  # which weights the stage kept: 0 = the cut, k = after epoch k
     latency_checks: list | None = None  # the plans timed on the target (`LatencyCheck.to_dict`), when checked
+    plan_choices: list | None = None  # knapsack vs FLOPs plan on validation, per aim (`PlanChoice.to_dict`)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,9 +264,12 @@ def run_compress(
             # an interrupted stage resumes with the plan it wrote (a checked plan was timed: another run of the
             # check may choose another one, which the checkpoint would not fit)
             written = _written_plan(stage_dir, config) if resume else None
-            measure = None if written else _latency_measure(config, t_model, final and cut_before == 0, log)
-            width_plan, scores, checks = _width_cut(model, calib, config, loss, target - cut_before, reference,
-                                                    cut_before, final, measure, log)
+            whole_cut = final and cut_before == 0
+            measure = None if written else _latency_measure(config, t_model, whole_cut, log)
+            val_metrics = None if written else _choice_metrics(config, t_model, data.val_loader, whole_cut,
+                                                               device, log)
+            width_plan, scores, checks, choices = _width_cut(model, calib, config, loss, target - cut_before,
+                                                             reference, cut_before, final, measure, val_metrics, log)
             plan = read_plan(written) if written else width_plan.plan
             log(f"resuming with the plan in {written}" if written else width_plan.describe())
         else:
@@ -317,6 +323,7 @@ def run_compress(
             images_per_s=result.images_per_s if result else None,
             kept_epoch=result.kept_epoch if result else None,
             latency_checks=[c.to_dict() for c in checks] if stage == "width" and checks else None,
+            plan_choices=[c.to_dict() for c in choices] if stage == "width" and choices else None,
         )
         records.append(record)
         current = dataclasses.replace(current, model=model, spec=spec, compression=None)
@@ -343,22 +350,32 @@ def run_compress(
 
 
 def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float, reference: float, already: float,
-               final: bool, measure=None, log=print):
+               final: bool, measure=None, val_metrics=None, log=print):
     """Score heads and neurons, plan them; the last width cut of a run must land within 1 point. With `measure`
-    (plan -> measured reduction), the plan is timed and re-aimed (`land_on_target`); the checks come back."""
+    (plan -> measured reduction), the plan is timed and re-aimed (`land_on_target`); the checks come back. With
+    `val_metrics` (plan -> validation metrics; a latency plan making the whole cut), each plan is the better on
+    validation of the knapsack's and the FLOPs planner's at its predicted latency (`plan_choice`)."""
     scores = score_units(model, calib, config.criterion, loss, seed=config.seed)
     costs = config.costs(model)
+    flops = model_costs(model, "flops") if val_metrics is not None else None
+    choices = []
 
     def plan_for(removed: float):
-        return plan_units(costs, scores, target_removed=max(0.0, removed), reference_total=reference,
-                          already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
-                          tolerance=TOLERANCE if final else None)
+        if val_metrics is None:
+            return plan_units(costs, scores, target_removed=max(0.0, removed), reference_total=reference,
+                              already_removed=already, min_heads=config.min_heads, round_to=config.round_to,
+                              tolerance=TOLERANCE if final else None)
+        plan, choice = plan_and_choose(costs, flops, scores, target_removed=max(0.0, removed), tolerance=TOLERANCE,
+                                       min_heads=config.min_heads, round_to=config.round_to, val_metrics=val_metrics)
+        choices.append(choice)
+        log(describe_choice(choice))
+        return plan
 
     if measure is None:
-        return plan_for(target_removed), scores, None
+        return plan_for(target_removed), scores, None, choices
     plan, checks = land_on_target(lambda aim: (p := plan_for(aim * reference), p.removed / reference),
                                   lambda p: measure(p.plan), target_removed / reference, log=log)
-    return plan, scores, checks
+    return plan, scores, checks, choices
 
 
 def _written_plan(stage_dir: Path, config: CompressConfig) -> Path | None:
@@ -396,6 +413,32 @@ def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):
         return measure_reduction(teacher, student, table)
 
     return measure
+
+
+def _choice_metrics(config: CompressConfig, teacher, val_loader: DataLoader | None, whole_cut: bool, device: str,
+                    log):
+    """plan -> the cut teacher's metrics on the validation split, when a latency plan is chosen on it: a plan
+    making the whole cut from the teacher, a validation split, one process (`plan_choice`)."""
+    if config.latency_table is None:
+        return None
+    if not whole_cut:
+        reason = "the plan is one of several cuts (--stages width,depth or --width-steps)"
+    elif val_loader is None:
+        reason = "no validation split (--val-split 0)"
+    elif ddp.world_size() > 1:
+        reason = "under torchrun every process must cut the same plan"
+    else:
+        reason = None
+    if reason:
+        log(f"plan choice: off: {reason}; the knapsack's plan is cut")
+        return None
+
+    def val_metrics(plan: PrunePlan) -> dict:
+        student = copy.deepcopy(teacher)
+        apply_plan(student, ArchSpec.from_model(student), plan)
+        return _metrics(student, val_loader, device)
+
+    return val_metrics
 
 
 def _depth_cut(model, calib, config: CompressConfig, loss, split: BudgetSplit, reference: float):

@@ -200,9 +200,10 @@ def test_the_experiment_plans_as_compress_does_with_the_check(tmp_path):
     model = tiny_vit()
     table = dataclasses.replace(_staircase_table(), key=table_key(model, "ort-cpu", 1, 1))
     scores = random_scores(model, seed=0)
-    plan, predicted, checks = latency_cut(model, scores, table, 0.3, 32, check=True, log=_quiet)
+    plan, predicted, checks, choices = latency_cut(model, scores, table, 0.3, 32, check=True, log=_quiet)
     kept = [c for c in checks if c.kept]
     assert len(kept) == 1 and predicted == kept[0].predicted and 1 <= len(checks) <= 3
-    unchecked, predicted_alone, none = latency_cut(model, scores, table, 0.3, 32, check=False)
+    assert choices == []  # no validation metrics: the knapsack's plan, as the speed runs cut it
+    unchecked, predicted_alone, none, _ = latency_cut(model, scores, table, 0.3, 32, check=False)
     assert none == [] and 0.3 <= predicted_alone <= 0.31 + 1e-9
     assert (plan == unchecked) == (kept[0].aim == pytest.approx(0.3))

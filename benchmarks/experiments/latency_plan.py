@@ -11,8 +11,12 @@ with the unpruned model alone (teacher, student, teacher, ...: as `bench` times 
 Reported: profiling time; predicted vs realised latency reduction (realised = 1 - 1/speedup); the
 student's measured vs predicted ms; and for both plans the realised share of the FLOPs ratio.
 
+Speed plans are the knapsack's alone: random weights give no validation split to choose on (`plan_choice`).
+
 Accuracy (`accuracy`): on a trained teacher and its dataset, the latency plan at -R next to FLOPs plans
-around the same FLOPs, each evaluated on the test split without any training. The latency plan is timed
+around the same FLOPs, each evaluated on the test split without any training. The latency plan is chosen
+as `compress` chooses it: the knapsack's or the FLOPs planner's at the same predicted latency, whichever
+has the lower loss on the 2000 validation images (`--no-choice`: the knapsack's). The latency plan is timed
 against the teacher (its realised reduction) and every FLOPs plan against the latency plan, each in
 `--rounds` pairings of fresh sessions (median kept); the FLOPs plans' accuracy is read where a line through
 their speedups says they run as fast as the latency plan (`equal_latency`, which says why).
@@ -47,7 +51,9 @@ from vitshrink.compressor.latency_check import LatencyCheck, land_on_target
 from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.planner import model_cost, model_costs, plan_units, plan_width
+from vitshrink.compressor.plan_choice import PlanChoice, plan_and_choose
+from vitshrink.compressor.plan_choice import describe as describe_choice
+from vitshrink.compressor.planner import TOLERANCE, model_cost, model_costs, plan_width
 from vitshrink.compressor.report import format_table
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
@@ -64,22 +70,30 @@ def random_scores(model: torch.nn.Module, seed: int) -> Scores:
 
 
 def latency_cut(model: torch.nn.Module, scores: Scores, table: LatencyTable, reduction: float,
-                round_to: int, check: bool = True, log: Callable[[str], None] = print
-                ) -> tuple[PrunePlan, float, list[LatencyCheck]]:
+                round_to: int, check: bool = True, log: Callable[[str], None] = print,
+                val_metrics: Callable[[PrunePlan], dict] | None = None,
+                ) -> tuple[PrunePlan, float, list[LatencyCheck], list[PlanChoice]]:
     """The latency plan, its predicted reduction and, with `check` (as `compress` does by default), the checks
-    that timed it against the teacher on the table's target and re-aimed it (`land_on_target`)."""
+    that timed it against the teacher on the table's target and re-aimed it (`land_on_target`). With
+    `val_metrics` (plan -> validation metrics), each plan is chosen as `compress` chooses it when it has a
+    validation split (`plan_choice`), and the choices come back."""
     costs = model_costs(model, "latency", table)
+    flops = model_costs(model, "flops")
+    choices = []
 
     def plan_for(aim: float) -> tuple[PrunePlan, float]:
-        plan = plan_units(costs, scores, target_removed=aim * costs.total, reference_total=costs.total,
-                          round_to=round_to)
+        plan, choice = plan_and_choose(costs, flops, scores, target_removed=aim * costs.total, tolerance=TOLERANCE,
+                                       min_heads=1, round_to=round_to, val_metrics=val_metrics)
+        if choice is not None:
+            choices.append(choice)
+            log(describe_choice(choice))
         return plan.plan, plan.removed / costs.total
 
     if not check:
-        return (*plan_for(reduction), [])
+        return (*plan_for(reduction), [], choices)
     plan, checks = land_on_target(plan_for, lambda p: measure_reduction(model, cut(model, p), table), reduction,
                                   log=log)
-    return plan, next(c.predicted for c in checks if c.kept), checks
+    return plan, next(c.predicted for c in checks if c.kept), checks, choices
 
 
 def flops_cut(model: torch.nn.Module, scores: Scores, reduction: float, round_to: int) -> PrunePlan:
@@ -124,7 +138,7 @@ def speed(model_name: str, reduction: float, batch_sizes: tuple[int, ...], threa
         table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
         profile_s = time.perf_counter() - started
         started = time.perf_counter()
-        lat_plan, predicted, checks = latency_cut(model, scores, table, reduction, round_to, check, log)
+        lat_plan, predicted, checks, _ = latency_cut(model, scores, table, reduction, round_to, check, log)
         check_s = time.perf_counter() - started
         lat_student = cut(model, lat_plan)
         flops_reduction = 1 - count_macs(lat_student) / macs
@@ -191,7 +205,7 @@ def teacher_data_and_scores(teacher_path: str, data_dir: str, reduction: float, 
 def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, threads: int, round_to: int,
              offsets: tuple[float, ...], policy: TimingPolicy, seed: int, work: Path,
              log: Callable[[str], None], test_limit: int | None = None, check: bool = True,
-             rounds: int = ROUNDS) -> dict:
+             rounds: int = ROUNDS, choose: bool = True) -> dict:
     from vitshrink.compressor.evaluate import evaluate
 
     torch.set_num_threads(threads)
@@ -199,7 +213,9 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
     model = teacher.model.eval()
     io = IOSpec.from_model(model, teacher.data_config)
     table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=round_to, log=log)
-    lat_plan, predicted, checks = latency_cut(model, scores, table, reduction, round_to, check, log)
+    val_metrics = (lambda plan: evaluate(cut(model, plan), data.val_loader)) if choose else None
+    lat_plan, predicted, checks, choices = latency_cut(model, scores, table, reduction, round_to, check, log,
+                                                       val_metrics)
     students = {"latency": cut(model, lat_plan)}
     macs = count_macs(model)
     f = 1 - count_macs(students["latency"]) / macs
@@ -226,8 +242,18 @@ def accuracy(teacher_path: str, data_dir: str, reduction: float, batch: int, thr
             + f", test top-1 {top1:.2%}")
     same = flops_top1_at_equal_latency(rows[1:])
     teacher_top1 = evaluate(model, data.eval_loader)["top1"]
+    passed_over = None  # the knapsack's plan where the choice kept the FLOPs plan: its test top-1, untimed
+    kept_aim = next((c.aim for c in checks if c.kept), reduction)
+    if any(c.chosen == "flops" and abs(c.aim - kept_aim) < 1e-9 for c in choices):
+        knapsack, _, _, _ = latency_cut(model, scores, table, kept_aim, round_to, check=False, log=log)
+        student = cut(model, knapsack)
+        passed_over = {"plan": "knapsack", "aim": kept_aim, "flops_reduction": 1 - count_macs(student) / macs,
+                       "top1": evaluate(student, data.eval_loader)["top1"]}
+        log(f"the knapsack's plan the choice passed over: MACs -{passed_over['flops_reduction']:.1%}, test top-1 "
+            f"{passed_over['top1']:.2%}")
     return {"teacher_top1": teacher_top1, "predicted_reduction": predicted, "rows": rows,
-            "checks": [c.to_dict() for c in checks],
+            "checks": [c.to_dict() for c in checks], "plan_choices": [c.to_dict() for c in choices],
+            "knapsack_passed_over": passed_over,
             "fit": dataclasses.asdict(table.fit), "table": table.to_dict(), "profile_seconds": table.seconds,
             "equal_latency": same, "flops_top1_at_same_latency": same["top1"], "interpolated": same["interpolated"],
             "difference_pt": 100 * (rows[0]["top1"] - same["top1"])}
@@ -277,14 +303,16 @@ def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_ite
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/latency-accuracy"))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--no-check", is_flag=True, help="Plan on the table alone (compress --no-latency-check).")
+@click.option("--no-choice", is_flag=True,
+              help="The knapsack's plan, not chosen on validation against the FLOPs plan (compress --val-split 0).")
 def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, offsets, seed, test_limit, rounds, work,
-                     json_path, no_check):
+                     json_path, no_check, no_choice):
     """Cut-only test accuracy of the latency plan vs FLOPs plans at the same latency (timed against it)."""
     policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=50, min_time_s=ROUND_SECONDS, max_time_s=120.0)
     offs = tuple(float(o) for o in offsets.split(","))
     work.mkdir(parents=True, exist_ok=True)
     result = accuracy(teacher, data_dir, reduction, batch, threads, round_to, offs, policy, seed, work, click.echo,
-                      test_limit, check=not no_check, rounds=rounds)
+                      test_limit, check=not no_check, rounds=rounds, choose=not no_choice)
     same = result["equal_latency"]
     click.echo(f"teacher {result['teacher_top1']:.2%}; latency plan {result['rows'][0]['top1']:.2%} vs FLOPs plans "
                f"{same['top1']:.2%} where they run as fast (MACs -{same['macs_reduction']:.1%}, "
