@@ -65,7 +65,8 @@ def data_options(f):
                      help="Use a fixed random subset of N test (evaluation split) images."),
         click.option("--val-split", default=None, callback=_val_split, metavar="FRACTION|N",
                      help="Validation images held out of the TRAINING split (a fixed, seeded part): never trained "
-                          "or calibrated on; the per-epoch evaluation and every choice use them, the test split "
+                          "or calibrated on; the per-epoch evaluation and every choice (a latency plan's too) use them, "
+                          "the test split "
                           "only gives the reported numbers. A fraction in [0, 1) or an image count; 0 = none. "
                           "[default: 10% of the training split, at most 5,000 images]"),
         click.option("--augment", type=click.Choice(AUGMENTS), default="auto",
