@@ -59,14 +59,14 @@ def time_rounds(reference: torch.nn.Module, others: dict[str, torch.nn.Module], 
     paths = {name: export_for_ort(model, io, work / f"model-{i}.onnx") for i, (name, model) in enumerate(others.items())}
     pairings = {name: [] for name in others}
     for r in range(rounds):
+        reference_first = r % 2 == 0
         for name, path in paths.items():
-            first, second = (reference_path, path) if r % 2 == 0 else (path, reference_path)
+            first, second = (reference_path, path) if reference_first else (path, reference_path)
             first_ms, second_ms, s = time_pair(load_ort_cpu(first, io, options), load_ort_cpu(second, io, options),
                                                batch, policy, seed + r)
-            ratio = s.ratio if r % 2 == 0 else 1 / s.ratio
-            pairings[name].append({"reference_first": r % 2 == 0, "ratio": ratio, "pairs": s.pairs,
-                                   "reference_ms": first_ms if r % 2 == 0 else second_ms,
-                                   "ms": second_ms if r % 2 == 0 else first_ms})
+            reference_ms, ms = (first_ms, second_ms) if reference_first else (second_ms, first_ms)
+            pairings[name].append({"reference_first": reference_first, "ratio": s.ratio if reference_first else 1 / s.ratio,
+                                   "pairs": s.pairs, "reference_ms": reference_ms, "ms": ms})
     return {name: {"speedup": statistics.median(p["ratio"] for p in rounds_of), "rounds": rounds_of}
             for name, rounds_of in pairings.items()}
 

@@ -1,9 +1,10 @@
 """Does the table price heads against MLP neurons as whole models run? Models that differ from the teacher only in
 heads, or only in MLP width, in every block alike, timed against it, next to the table's prediction.
 
-The latency plan on the CIFAR-10 ViT pays more Taylor score than the FLOPs planner for about 1% of speed
-(docs/latency.md, point 3): the table seems to overprice what cutting heads saves. The fit anchors the attention
-curve at its ends (the teacher, the one-head corner), not between them. Here one profile, then a model with h
+Written to ask whether the table overprices what cutting heads saves (the knapsack's plan on the CIFAR-10 ViT
+pays more Taylor score than the FLOPs planner for about 1% of speed). Three runs answered no: no steady bias
+between heads and MLP, but each profile off by up to about 3% on some shapes, either way (docs/latency.md,
+point 3). Here one profile, then a model with h
 heads in every block (whole MLPs) for every h, and models with every head and one MLP width in every block, each
 timed against the teacher in `--rounds` pairings of fresh sessions (`equal_latency.time_rounds`).
 
