@@ -388,6 +388,21 @@ def _written_plan(stage_dir: Path, config: CompressConfig) -> Path | None:
     return plan_file
 
 
+def _not_one_cut(whole_cut: bool) -> str | None:
+    """Why a plan cannot be timed or chosen by this process alone: one of several cuts, or of several processes."""
+    if not whole_cut:
+        return "the plan is one of several cuts (--stages width,depth or --width-steps)"
+    if ddp.world_size() > 1:
+        return "under torchrun every process must cut the same plan"
+    return None
+
+
+def _cut_copy(teacher, plan: PrunePlan):
+    student = copy.deepcopy(teacher)
+    apply_plan(student, ArchSpec.from_model(student), plan)
+    return student
+
+
 def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):
     """plan -> its reduction measured against `teacher` on the latency table's target, when the plan can be
     checked: a latency plan making the whole cut from the teacher, a target that runs here, one process."""
@@ -396,23 +411,11 @@ def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):
     from vitshrink.benchmarks.latency_profile import check_unavailable, measure_reduction
 
     table = config.table
-    if not whole_cut:
-        reason = ("the plan is one of several cuts (--stages width,depth or --width-steps): only a single cut "
-                  "from the teacher is checked")
-    elif ddp.world_size() > 1:
-        reason = "under torchrun every process must cut the same plan"
-    else:
-        reason = check_unavailable(teacher, table)
+    reason = _not_one_cut(whole_cut) or check_unavailable(teacher, table)
     if reason:
         log(f"latency check: off: {reason}; `vitshrink bench` shows the realised latency")
         return None
-
-    def measure(plan: PrunePlan) -> float:
-        student = copy.deepcopy(teacher)
-        apply_plan(student, ArchSpec.from_model(student), plan)
-        return measure_reduction(teacher, student, table)
-
-    return measure
+    return lambda plan: measure_reduction(teacher, _cut_copy(teacher, plan), table)
 
 
 def _choice_metrics(config: CompressConfig, teacher, val_loader: DataLoader | None, whole_cut: bool, device: str,
@@ -421,24 +424,11 @@ def _choice_metrics(config: CompressConfig, teacher, val_loader: DataLoader | No
     making the whole cut from the teacher, a validation split, one process (`plan_choice`)."""
     if config.latency_table is None:
         return None
-    if not whole_cut:
-        reason = "the plan is one of several cuts (--stages width,depth or --width-steps)"
-    elif val_loader is None:
-        reason = "no validation split (--val-split 0)"
-    elif ddp.world_size() > 1:
-        reason = "under torchrun every process must cut the same plan"
-    else:
-        reason = None
+    reason = _not_one_cut(whole_cut) or (None if val_loader is not None else "no validation split (--val-split 0)")
     if reason:
         log(f"plan choice: off: {reason}; the knapsack's plan is cut")
         return None
-
-    def val_metrics(plan: PrunePlan) -> dict:
-        student = copy.deepcopy(teacher)
-        apply_plan(student, ArchSpec.from_model(student), plan)
-        return _metrics(student, val_loader, device)
-
-    return val_metrics
+    return lambda plan: _metrics(_cut_copy(teacher, plan), val_loader, device)
 
 
 def _depth_cut(model, calib, config: CompressConfig, loss, split: BudgetSplit, reference: float):
