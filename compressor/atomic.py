@@ -33,7 +33,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict | list) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 

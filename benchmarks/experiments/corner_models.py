@@ -26,7 +26,7 @@ import numpy as np
 
 from vitshrink.benchmarks.experiments.fit_rules import error_summary, fit_fields, held_out_errors
 from vitshrink.benchmarks.latency_profile import DEPTH_FIT_MODELS, block_sums, fit_plans, robust_fit
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.latency_table import LatencyTable
 
 
@@ -83,7 +83,7 @@ def main(results, json_path):
                        f"x{r['fit']['b_attention']:.3f}, MLP x{r['fit']['b_mlp']:.3f}: "
                        f"{error_summary(r['errors'], result['rows'])}")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+        write_json_atomic(json_path, report)
 
 
 if __name__ == "__main__":

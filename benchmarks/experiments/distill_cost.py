@@ -18,7 +18,6 @@ steps were slower (0.5-0.8x of eager on the reference teacher, 2 cores), so it i
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from torch import nn
 from vitshrink.benchmarks.stats import speedup
 from vitshrink.benchmarks.timing import Timer, TimingPolicy, measure
 from vitshrink.cli_errors import VitShrinkCommand
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import score
@@ -183,7 +182,7 @@ def main(model: str, batch_size: int, steps: int, warmup: int, reduce: float, am
     result = run_cost(config, log=click.echo)
     click.echo(format_rows(result))
     if json_out:
-        write_text_atomic(json_out, json.dumps(result, indent=2) + "\n")
+        write_json_atomic(json_out, result)
 
 
 if __name__ == "__main__":

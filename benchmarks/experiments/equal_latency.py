@@ -36,7 +36,7 @@ import torch
 from vitshrink.benchmarks.experiments.ort_pair import export_for_ort, load_ort_cpu, time_pair
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.timing import TimingPolicy
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
@@ -151,7 +151,7 @@ def main(results, teacher, batch, threads, rounds, seed, work, json_path):
                f"{int((before >= -0.5).sum())}); latency plan over its same-MACs FLOPs plan "
                f"{faster.min():.3f}-{faster.max():.3f}x, {int((faster > 1).sum())} of {len(faster)} faster")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(out, indent=2) + "\n")
+        write_json_atomic(json_path, out)
 
 
 if __name__ == "__main__":

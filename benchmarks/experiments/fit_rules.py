@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from vitshrink.benchmarks.latency_profile import OUTLIER_ERROR, block_sums, robust_fit
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.latency_table import Fit, LatencyTable
 
 
@@ -118,7 +118,7 @@ def main(results, json_path):
             click.echo(f"  {name:15s} a {r['fit']['a']:+.3f}, attention x{r['fit']['b_attention']:.3f}, MLP "
                        f"x{r['fit']['b_mlp']:.3f}: {error_summary(r['errors'], result['rows'])}")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+        write_json_atomic(json_path, report)
 
 
 if __name__ == "__main__":

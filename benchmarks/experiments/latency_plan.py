@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime, time_pair
 from vitshrink.benchmarks.latency_profile import measure_reduction, profile
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.timing import TimingPolicy
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.importance import Scores, score
 from vitshrink.compressor.latency_check import LatencyCheck, land_on_target
@@ -284,7 +283,7 @@ def speed_command(model_name, reduction, batch_sizes, threads, round_to, min_ite
     rows = speed(model_name, reduction, batches, threads, round_to, policy, seed, work, click.echo, check=not no_check)
     click.echo("\n" + speed_table(rows))
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(rows, indent=2) + "\n")
+        write_json_atomic(json_path, rows)
 
 
 @main.command("accuracy")
@@ -319,7 +318,7 @@ def accuracy_command(teacher, data_dir, reduction, batch, threads, round_to, off
                f"{'interpolated' if same['interpolated'] else 'EXTRAPOLATED: widen --offsets'}): "
                f"{result['difference_pt']:+.2f} pt")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+        write_json_atomic(json_path, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ being timed second (`bench` times the student second).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -21,7 +20,7 @@ import torch
 from vitshrink.benchmarks.experiments.ort_pair import export_for_ort, load_ort_cpu, time_pair
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.timing import TimingPolicy
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.exporters.io_spec import IOSpec
 
@@ -74,7 +73,7 @@ def main(model_name, batch_sizes, threads, rounds, seconds, seed, work, json_pat
                    f"median {s['median']:.4f}, sd {s['sd']:.4f}, {s['low']:.4f}-{s['high']:.4f} (one pairing's own "
                    f"95% interval: {s['median_interval_width']:.4f} wide, median)")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(out, indent=2) + "\n")
+        write_json_atomic(json_path, out)
 
 
 if __name__ == "__main__":

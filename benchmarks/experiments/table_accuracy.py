@@ -14,7 +14,6 @@ calls predicted vs realised).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import click
@@ -23,7 +22,7 @@ import torch
 
 from vitshrink.benchmarks.experiments.latency_plan import cut, random_scores
 from vitshrink.benchmarks.latency_profile import measure_reduction, profile, random_plans
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.families import mlp_hidden
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, model_costs, plan_units
@@ -76,8 +75,7 @@ def main(model_name, batch, threads, round_to, seeds, aims, random, json_path):
     click.echo(f"batch {batch}: |error| mean {errors.mean():.1%}, max {errors.max():.1%}, "
                f"within 5%: {int((errors <= 0.05).sum())} of {len(rows)}; fit {dataclasses.asdict(table.fit)}")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps({"batch": batch, "threads": threads, "table": table.to_dict(),
-                                                 "rows": rows}, indent=2) + "\n")
+        write_json_atomic(json_path, {"batch": batch, "threads": threads, "table": table.to_dict(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ reduction 1 - student / teacher: the ratio of the two medians, and the median of
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.stats import speedup
 from vitshrink.benchmarks.timing import TimingPolicy, measure
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.surgery import prune_mlp
 from vitshrink.exporters.io_spec import IOSpec
@@ -73,7 +72,7 @@ def main(model_name, mlp, batch, threads, rounds, repeats, seed, json_path):
                        f"{100 * row['median_of_ratios']['sd']:.2f} as the median of per-round ratios "
                        f"(means {row['ratio_of_medians']['mean']:.1%} / {row['median_of_ratios']['mean']:.1%})")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(rows, indent=2) + "\n")
+        write_json_atomic(json_path, rows)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ timed against the teacher in `--rounds` pairings of fresh sessions (`equal_laten
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -22,7 +21,7 @@ import torch
 from vitshrink.benchmarks.experiments.equal_latency import ROUND_SECONDS, shaped, time_rounds
 from vitshrink.benchmarks.latency_profile import profile
 from vitshrink.benchmarks.timing import TimingPolicy
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.latency_table import LatencyTable
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.exporters.io_spec import IOSpec
@@ -72,8 +71,8 @@ def main(teacher, batch, threads, widths, rounds, seed, work, json_path):
         click.echo(f"{r['shape']:>9}: table {r['predicted']:.3f}x, measured {r['measured']:.3f}x "
                    f"({r['error']:+.1%} the table's error)")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps({"table": table.to_dict(), "rows": rows,
-                                                 "rounds": {n: t["rounds"] for n, t in timed.items()}}, indent=2) + "\n")
+        write_json_atomic(json_path, {"table": table.to_dict(), "rows": rows,
+                                      "rounds": {n: t["rounds"] for n, t in timed.items()}})
 
 
 if __name__ == "__main__":

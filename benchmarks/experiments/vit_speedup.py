@@ -19,7 +19,6 @@ Each row reports the MACs actually removed, the FLOPs ratio, and the measured sp
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from vitshrink.benchmarks.experiments.ort_pair import ort_cpu_runtime, time_pair
 from vitshrink.benchmarks.runtimes import RuntimeOptions
 from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.cli_errors import VitShrinkCommand
-from vitshrink.compressor.atomic import write_text_atomic
+from vitshrink.compressor.atomic import write_json_atomic
 from vitshrink.compressor.flops import count_macs
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.model_loading import load_model
@@ -209,7 +208,7 @@ def main(model_name: str, variants: str, reduction: float, batch_sizes: str, thr
     rows = run(model_name, names, reduction, batches, threads, policy, seed, log=click.echo)
     click.echo("\n" + table(rows))
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(rows, indent=2) + "\n")
+        write_json_atomic(json_path, rows)
 
 
 if __name__ == "__main__":
