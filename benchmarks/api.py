@@ -38,6 +38,7 @@ from vitshrink.benchmarks.runtimes import (
     get_runtime,
 )
 from vitshrink.benchmarks.stats import latency_stats, speedup
+from vitshrink.benchmarks.teacher import check_teacher, find_recorded_teacher
 from vitshrink.benchmarks.timing import TimingPolicy, measure
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.progress import progress_bar
@@ -51,6 +52,7 @@ class BenchConfig:
     student: str  # vitshrink artifact folder, timm model folder or timm name
     teacher: str | None = None  # same kinds; None: the teacher recorded in the student's compression.json
     auto_teacher: bool = True  # look up the recorded teacher when `teacher` is None (False: student alone)
+    other_teacher: bool = False  # compare with a teacher whose weights differ from the recorded ones (else refused)
     backends: tuple[str, ...] = ("auto",)  # runtime[:precision] names, or "auto" (what this machine runs)
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     threads: int | None = None  # CPU threads for torch and ONNX Runtime; None: torch.get_num_threads()
@@ -95,7 +97,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, *, 
     """Measure teacher and student as `config` says; write the outputs when `config.out_dir` is set.
 
     `teacher`, a model already in memory, replaces `config.teacher`; `loader` (batches of (image, label),
-    already in the models' input format) replaces `config.dataset` for the accuracy rows.
+    already in the models' input format) replaces `config.dataset` for the accuracy rows. A teacher whose
+    weights differ from those the student's compression.json records is refused unless `config.other_teacher`.
     """
     log = log or (lambda message: None)
     threads = config.threads or torch.get_num_threads()
@@ -214,6 +217,8 @@ def _load_models(config: BenchConfig, notes: list[str], log: Callable[[str], Non
     out = {}
     for role, source in sources.items():
         loaded = given[role] or load_model(source)
+        if role == "teacher":
+            check_teacher(loaded, source, student, other_teacher=config.other_teacher, notes=notes)
         if loaded.path is None and loaded is not teacher:
             notes.append(f"{role} {source!r} is a timm name: random weights (pretrained=False); "
                          "its accuracy means nothing, its speed does")
@@ -230,12 +235,7 @@ def resolve_teacher(config: BenchConfig, student: LoadedModel, notes: list[str])
     if not config.auto_teacher:
         notes.append("no teacher (--no-teacher): no speedup and no accuracy drop")
         return None
-    recorded = ((student.compression or {}).get("teacher") or {}).get("path")
-    if recorded and Path(recorded).is_dir():
-        return recorded
-    why = f"the recorded teacher {recorded!r} is not a folder here" if recorded else "the student records no teacher"
-    notes.append(f"no teacher: {why}; pass --teacher FOLDER|NAME for speedup and accuracy drop")
-    return None
+    return find_recorded_teacher(student, notes)
 
 
 def _attach_onnx(model: _Model, precision: str, work: Path) -> None:

@@ -69,6 +69,9 @@ def _print_gates(outcome, gate_file: Path) -> None:
 @click.option("--teacher", help="Teacher to compare with: artifact, timm folder or timm name "
                                 "[default: the teacher recorded in ARTIFACT's compression.json].")
 @click.option("--no-teacher", is_flag=True, help="Benchmark the student alone (no speedup, no accuracy drop).")
+@click.option("--other-teacher", is_flag=True,
+              help="Compare with a teacher whose weights differ from those ARTIFACT was compressed from (the "
+                   "sha256 its compression.json records); without it such a teacher is refused.")
 @click.option("--backends", default="auto", show_default=True, callback=_backends,
               help="Comma-separated runtime[:precision]: torch-cpu, torch-cuda, ort-cpu, ort-cuda, tensorrt; "
                    "precisions fp32, fp16, int8 (e.g. ort-cpu:int8). auto = every one this machine runs.")
@@ -111,6 +114,7 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
 
     Times teacher and student alternately on every backend and batch size, measures peak memory,
     FLOPs, file sizes and (with --dataset) accuracy, and writes bench.json, bench.md and bench.png.
+    The teacher must have the weights ARTIFACT was compressed from (see --other-teacher).
     """
     from vitshrink.benchmarks.api import BenchConfig, gate_bench, run_bench
     from vitshrink.benchmarks.report import terminal_report
@@ -121,9 +125,12 @@ def bench_command(ctx: click.Context, artifact: str, **kw) -> None:
         raise click.BadParameter(NEEDS_BASELINE_FILE, param_hint="--update-baseline")
     if kw["no_teacher"] and kw["teacher"]:
         raise click.BadParameter("--teacher and --no-teacher exclude each other", param_hint="--no-teacher")
+    if kw["no_teacher"] and kw["other_teacher"]:
+        raise click.BadParameter("--other-teacher and --no-teacher exclude each other", param_hint="--no-teacher")
     try:
         config = BenchConfig(
-            student=artifact, teacher=kw["teacher"], auto_teacher=not kw["no_teacher"], backends=kw["backends"],
+            student=artifact, teacher=kw["teacher"], auto_teacher=not kw["no_teacher"],
+            other_teacher=kw["other_teacher"], backends=kw["backends"],
             batch_sizes=kw["batch_sizes"], threads=kw["threads"],
             timing=TimingPolicy(warmup_iters=kw["warmup"], warmup_s=kw["warmup_time"], min_iters=kw["min_iters"],
                                 min_time_s=kw["min_time"], max_time_s=kw["max_time"]),

@@ -12,11 +12,17 @@ A gate file is TOML (see benchmarks/gates/default.toml):
     required = true                     # default; false marks the gate optional (see below)
     note = "why this limit"
 
+Limits are finite numbers, `required` is true or false (unquoted) and `note` a string; anything else is
+refused with the gate's index, the field and its value.
+
 A gate that cannot be evaluated (its metric is not in the run, there is no baseline file, the baseline
 holds no value for the metric, or a machine-dependent baseline was recorded on another machine) is
 reported as "not evaluated" with the reason, and fails like a missed limit, unless the gate says
-`required = false`: then it is shown as not evaluated and does not fail. Whatever part of a gate can be
-checked always is: the limits in the file itself apply on every machine.
+`required = false`: then it is shown as not evaluated and does not fail. The same holds for a metric the run
+measured too little to give (`metrics.unmeasured_metrics`: a speedup interval from too few timing rounds).
+Whatever part of a gate can be checked always is: the limits in the file itself apply on every machine.
+A metric whose value is not a finite number (NaN, null, a string) fails its gate, optional or not: the
+measurement behind it broke.
 
 Metric names and units are in `vitshrink.benchmarks.metrics.KINDS`. Comparisons with a baseline of a
 machine-dependent metric (speedup, memory) are made only when the machine fingerprint matches.
@@ -26,12 +32,14 @@ A baseline is written only to a file the user names (`--baseline FILE --update-b
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vitshrink.benchmarks.errors import GateConfigError
-from vitshrink.benchmarks.metrics import kind_of
+from vitshrink.benchmarks.errors import BenchError, GateConfigError
+from vitshrink.benchmarks.metrics import kind_of, unmeasured_metrics
 from vitshrink.compressor.reading import read_json
 
 GATE_SCHEMA = 1
@@ -94,6 +102,27 @@ def _toml_module():
     return tomllib
 
 
+def is_finite_number(value) -> bool:
+    """An int or float that is not NaN or infinite (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value) -> str:
+    """`value` as bench.json and baselines write it: NaN, null, "text"."""
+    return json.dumps(value)
+
+
+def _type_problems(entry: dict) -> list[str]:
+    """Each field of a [[gate]] table whose value has the wrong type, with the value."""
+    problems = [f"{k} = {v!r} must be a finite number" for k in ("min", "max", "baseline_rel", "baseline_abs")
+                if (v := entry.get(k)) is not None and not is_finite_number(v)]
+    if "required" in entry and not isinstance(entry["required"], bool):
+        problems.append(f"required = {entry['required']!r} must be true or false (unquoted)")
+    if "note" in entry and not isinstance(entry["note"], str):
+        problems.append(f"note = {entry['note']!r} must be a string")
+    return problems
+
+
 def parse_gate_config(text: str, source: Path | None = None) -> GateConfig:
     """Read a gate file's TOML text; every bad entry is reported with its index and the fix."""
     where = str(source) if source else "gate file"
@@ -112,6 +141,9 @@ def parse_gate_config(text: str, source: Path | None = None) -> GateConfig:
         raise GateConfigError(f"{where} defines no gates; add [[gate]] tables with metric = ... and min/max")
     problems, gates = [], []
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(f"gate #{i + 1}: {entry!r} is not a table; write [[gate]] with metric = ... below it")
+            continue
         label = f"gate #{i + 1} ({entry.get('metric', '?')})"
         extra = set(entry) - GATE_KEYS
         if extra:
@@ -120,11 +152,11 @@ def parse_gate_config(text: str, source: Path | None = None) -> GateConfig:
         if not isinstance(entry.get("metric"), str) or not entry["metric"]:
             problems.append(f"{label}: needs metric = \"name\" (see vitshrink.benchmarks.metrics.KINDS)")
             continue
-        numbers = {k: entry.get(k) for k in ("min", "max", "baseline_rel", "baseline_abs")}
-        bad = [k for k, v in numbers.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))]
+        bad = _type_problems(entry)
         if bad:
-            problems.append(f"{label}: {', '.join(bad)} must be numbers")
+            problems.append(f"{label}: {'; '.join(bad)}")
             continue
+        numbers = {k: entry.get(k) for k in ("min", "max", "baseline_rel", "baseline_abs")}
         if all(v is None for v in numbers.values()):
             problems.append(f"{label}: give min, max, baseline_rel or baseline_abs")
             continue
@@ -139,7 +171,7 @@ def parse_gate_config(text: str, source: Path | None = None) -> GateConfig:
             continue
         gates.append(
             Gate(entry["metric"], *(float(v) if v is not None else None for v in numbers.values()),
-                 required=bool(entry.get("required", True)), note=str(entry.get("note", "")))
+                 required=entry.get("required", True), note=entry.get("note", ""))
         )
     if problems:
         raise GateConfigError(f"{where} has {len(problems)} bad gates:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -173,6 +205,9 @@ def _limit_checks(gate: Gate, metric: str, value: float, baseline: dict | None, 
                                "no baseline file (the gate file names none; pass --baseline FILE)")
         elif base is None:
             unevaluated.append(f"the baseline{' ' + str(baseline_file) if baseline_file else ''} has no value for it")
+        elif not is_finite_number(base):
+            unevaluated.append(f"the baseline{' ' + str(baseline_file) if baseline_file else ''} holds {_shown(base)} "
+                               "for it, not a finite number (record a new one with --baseline FILE --update-baseline)")
         elif kind is not None and kind.machine_dependent and baseline.get("fingerprint") != fingerprint:
             unevaluated.append(f"baseline recorded on another machine (fingerprint {baseline.get('fingerprint')}, "
                                f"this run {fingerprint})")
@@ -191,12 +226,17 @@ def evaluate_gates(bench: dict, config: GateConfig, baseline: dict | None = None
     """One result per (gate, matching metric); a gate that matches nothing gives one result too.
 
     `baseline` is the content of `baseline_file` (None: no such file); the file is only named in messages.
+    A metric the run measured too little to give is not evaluated; a value that is not a finite number fails.
     """
     metrics: dict[str, float] = bench.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise BenchError(f"the bench's metrics are {_shown(metrics)}, not a name -> number table; "
+                         "run `vitshrink bench` again to rewrite bench.json")
+    unmeasured = unmeasured_metrics(bench)
     fingerprint = bench.get("environment", {}).get("fingerprint")
     results = []
     for gate in config.gates:
-        names = sorted(m for m in metrics if fnmatch.fnmatchcase(m, gate.metric))
+        names = sorted(m for m in {*metrics, *unmeasured} if fnmatch.fnmatchcase(m, gate.metric))
         note = [gate.note] if gate.note else []
         if not names:
             status = "missing" if gate.required else "skipped"
@@ -205,7 +245,17 @@ def evaluate_gates(bench: dict, config: GateConfig, baseline: dict | None = None
                                                         "no such metric in this run", *note])))
             continue
         for name in names:
-            value = metrics[name]
+            value = metrics.get(name)
+            if name in unmeasured:
+                status = "not evaluated" if gate.required else "skipped"
+                why = f"not evaluated{'' if gate.required else ' (optional)'}: {unmeasured[name]}"
+                results.append(GateResult(name, None, _limits_text(gate), status,
+                                          detail="; ".join([why, *(note if gate.required else [])])))
+                continue
+            if not is_finite_number(value):
+                results.append(GateResult(name, None, _limits_text(gate), "fail", detail="; ".join(
+                    [f"the value {_shown(value)} is not a finite number: the measurement behind it failed", *note])))
+                continue
             checks, unevaluated = _limit_checks(gate, name, value, baseline, fingerprint, baseline_file)
             worst = max(checks, key=lambda c: c[1], default=None)
             failed = worst is not None and worst[1] > 0
@@ -248,7 +298,8 @@ def without_baseline(config: GateConfig) -> GateConfig:
 def new_baseline(bench: dict, config: GateConfig) -> dict:
     """A baseline holding the current value of every metric a gate matches."""
     metrics = bench.get("metrics", {})
-    chosen = {m: v for m, v in metrics.items() if any(fnmatch.fnmatchcase(m, g.metric) for g in config.gates)}
+    chosen = {m: v for m, v in metrics.items()
+              if is_finite_number(v) and any(fnmatch.fnmatchcase(m, g.metric) for g in config.gates)}
     return {
         "schema": BASELINE_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -9,8 +9,10 @@ them also with fewer blocks) are timed, and the fit
 sub-blocks alone miss; its error is recorded in the table. Every time is a median over repeats after a warm-up, in milliseconds per
 batch, taken alternately with a reference of its kind (the full sub-block, the teacher) and stored as
 its ratio to the reference times the reference's median over the whole profile, so that a machine
-whose speed drifts during profiling (load, DVFS, a VM neighbour) does not bend the table. Only plain timm `Block`s are profiled (a latency
-budget on other families is refused, naming the block class).
+whose speed drifts during profiling (load, DVFS, a VM neighbour) does not bend the table. Only timm
+`VisionTransformer`s of plain `Block`s are profiled, pruned ones included (their widths differ per block: the
+table covers the most heads and every MLP width any block can keep); a latency budget on other families (BEiT,
+EVA, relative-position ViTs) is refused, naming the block class.
 """
 
 from __future__ import annotations
@@ -23,21 +25,23 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from timm.layers import Attention, SwiGLU
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from vitshrink.benchmarks.environment import cpu_model
 from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
 from vitshrink.benchmarks.runtimes import get_runtime
 from vitshrink.compressor.atomic import write_json_atomic
-from vitshrink.compressor.families import mlp_hidden
+from vitshrink.compressor.families import MLPS, head_dim, mlp_hidden
 from vitshrink.compressor.flops import num_tokens
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid
+from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid, mlp_widths_of
 from vitshrink.compressor.progress import progress_bar
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
@@ -64,23 +68,57 @@ ENGINE_WORKSPACE_MB = 1024  # TensorRT builder workspace for each profiled sub-b
 
 
 def architecture_of(model: nn.Module) -> dict:
-    """What a table's times depend on in the model: its classes and every shape of the graph."""
-    blk = model.blocks[0]
+    """What a table's times depend on in the model: its classes and every shape of the graph (the widest
+    block's where a pruned model's differ, and each block's kept heads and neurons); raises for a model whose
+    blocks the profiler cannot cut."""
+    check_blocks(model)
+    blocks = list(model.blocks)
+    blk = blocks[0]
+    attn = max((b.attn for b in blocks), key=lambda a: a.num_heads)
+    mlp = max((b.mlp for b in blocks), key=mlp_hidden)
+    fc1 = mlp.fc1_g if isinstance(mlp, SwiGLU) else mlp.fc1  # timm's mlp_ratio: these rows over embed_dim
     return {
         "model": type(model).__name__,
         "block": type(blk).__name__,
         "img_size": list(model.patch_embed.img_size),
         "patch_size": list(model.patch_embed.patch_size),
         "embed_dim": int(model.embed_dim),
-        "num_heads": int(blk.attn.num_heads),
-        "head_dim": int(blk.attn.head_dim),
-        "mlp_hidden": int(mlp_hidden(blk.mlp)),
+        "num_heads": int(attn.num_heads),
+        "head_dim": int(head_dim(attn)),
+        "mlp_hidden": int(mlp_hidden(mlp)),
         "tokens": int(num_tokens(model)),
         "prefix_tokens": int(getattr(model, "num_prefix_tokens", 1)),
         "global_pool": str(getattr(model, "global_pool", "")),
         "num_classes": int(model.num_classes),
-        "depth": len(model.blocks),
+        "depth": len(blocks),
+        "widths": [[int(b.attn.num_heads), int(mlp_hidden(b.mlp))] for b in blocks],  # (heads, neurons) per block
+        "norm": _kind(blk.norm1),
+        "attention": type(attn).__name__,
+        "qkv_bias": attn.qkv.bias is not None,
+        "qk_norm": _kind(attn.q_norm),
+        "attn_norm": _kind(getattr(attn, "norm", None)),
+        "proj_bias": attn.proj.bias is not None,
+        "layer_scale": _kind(blk.ls1) is not None,
+        "mlp": type(mlp).__name__,
+        "mlp_ratio": round(fc1.out_features / model.embed_dim, 6),
+        "mlp_act": _kind(mlp.act),
+        "mlp_norm": _kind(mlp.norm),
+        "mlp_bias": fc1.bias is not None,
+        "pos_embed": getattr(model, "pos_embed", None) is not None,
+        "norm_pre": _kind(model.norm_pre),
+        "final_norm": _kind(model.norm),
+        "fc_norm": _kind(model.fc_norm),
     }
+
+
+def _kind(module: nn.Module | None) -> str | None:
+    """The class name of an optional layer; None where there is none (absent or nn.Identity)."""
+    return None if module is None or isinstance(module, nn.Identity) else type(module).__name__
+
+
+def _block_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """(heads, MLP neurons) of every block."""
+    return [(int(b.attn.num_heads), int(mlp_hidden(b.mlp))) for b in model.blocks]
 
 
 def target_precision(target: str) -> str:
@@ -144,10 +182,21 @@ def check_profilable(model: nn.Module, target: str) -> None:
     reason = _unavailable(target)
     if reason:
         raise RuntimeUnavailableError(f"latency target {target} cannot run here: {reason}")
-    blocks = {type(b).__name__ for b in getattr(model, "blocks", [])}
-    if blocks != {"Block"}:
-        raise BenchError(f"latency tables are made for timm ViTs of plain `Block`s; this model has {sorted(blocks) or 'no blocks'}: "
-                         "use --reduce flops=... for it")
+    check_blocks(model)
+
+
+def check_blocks(model: nn.Module) -> None:
+    """Refuse a model that is not a timm VisionTransformer of plain `Block`s (BEiT's block is also named
+    `Block`: classes are compared, not names)."""
+    blocks = list(getattr(model, "blocks", []))
+    if not isinstance(model, VisionTransformer) or not blocks or any(type(b) is not Block for b in blocks):
+        kinds = sorted({f"{type(b).__module__}.{type(b).__name__}" for b in blocks}) or "no blocks"
+        raise BenchError(f"latency tables are made for timm VisionTransformers of plain `Block`s; this model is "
+                         f"{type(model).__name__} with {kinds}: use --reduce flops=... or params=... for it")
+    for i, b in enumerate(blocks):
+        if type(b.attn) is not Attention or type(b.mlp) not in MLPS:
+            raise BenchError(f"block {i} has {type(b.attn).__name__} and {type(b.mlp).__name__}; latency tables are "
+                             "made for timm's `Attention` with `Mlp`, `GluMlp` or `SwiGLU`: use --reduce flops=... for it")
 
 
 class AttentionPart(nn.Module):
@@ -341,49 +390,76 @@ def monotone(times: list[float]) -> list[float]:
     return [total / count for total, count in blocks for _ in range(int(count))]
 
 
-def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
-    """`count` plans spread from narrow to wide: plan k keeps a share of the heads and, independently, a
-    share of the MLP in every block (each evenly spaced in 0.15..1 and shuffled, jittered per block), so
-    that the fit can tell attention from MLP time."""
-    rng = np.random.default_rng(seed)
+def _nearest_width(hidden: int, round_to: int, share: float) -> int:
+    """The width on `hidden`'s grid nearest to `share` of it."""
     widths = np.array(mlp_grid(hidden, round_to)[1:])
+    return int(widths[np.abs(widths - share * hidden).argmin()])
+
+
+def random_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
+    """`random_plans_for` a model of `depth` blocks of `spec_heads` heads and `hidden` neurons each."""
+    return random_plans_for([(spec_heads, hidden)] * depth, round_to, count, seed)
+
+
+def random_plans_for(blocks: Sequence[tuple[int, int]], round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
+    """`count` plans spread from narrow to wide for a model whose blocks have (heads, neurons) `blocks`: plan k
+    keeps a share of the heads and, independently, a share of the MLP in every block (each evenly spaced in
+    0.15..1 and shuffled, jittered per block), so that the fit can tell attention from MLP time."""
+    rng = np.random.default_rng(seed)
+    depth = len(blocks)
     shares = np.linspace(0.15, 1.0, count, endpoint=False)
     plans = []
     for head_share, mlp_share in zip(rng.permutation(shares), rng.permutation(shares), strict=True):
         head_shares = np.clip(head_share + rng.uniform(-0.08, 0.08, depth), 0.0, 1.0)
         mlp_shares = np.clip(mlp_share + rng.uniform(-0.08, 0.08, depth), 0.0, 1.0)
-        heads = {i: tuple(range(max(1, round(head_shares[i] * spec_heads)))) for i in range(depth)}
-        neurons = {i: tuple(range(int(widths[np.abs(widths - mlp_shares[i] * hidden).argmin()]))) for i in range(depth)}
+        heads = {i: tuple(range(max(1, round(head_shares[i] * h)))) for i, (h, _) in enumerate(blocks)}
+        neurons = {i: tuple(range(_nearest_width(m, round_to, mlp_shares[i]))) for i, (_, m) in enumerate(blocks)}
         plans.append(PrunePlan(keep_heads=heads, keep_neurons=neurons))
     return plans
 
 
 def corner_plans(spec_heads: int, hidden: int, depth: int, round_to: int) -> list[PrunePlan]:
+    """`corner_plans_for` a model of `depth` blocks of `spec_heads` heads and `hidden` neurons each."""
+    return corner_plans_for([(spec_heads, hidden)] * depth, round_to)
+
+
+def corner_plans_for(blocks: Sequence[tuple[int, int]], round_to: int) -> list[PrunePlan]:
     """Two models at the corners where latency plans fall: one head and the whole MLP in every block (ViT-S at
     batch 1 and 8 on ONNX Runtime CPU: heads cut to 1-3, MLPs kept whole), and every head with a quarter of the
     MLP (the 6-block CIFAR-10 ViT: MLPs cut to about 0.27 of their width, heads kept), so that the fit has seen
     where plans go instead of extrapolating there (a refit without them predicted held-out models as well on
-    one profile per batch: docs/latency.md)."""
-    widths = np.array(mlp_grid(hidden, round_to)[1:])
-    quarter = int(widths[np.abs(widths - hidden / 4).argmin()])
-    every = range(depth)
-    return [PrunePlan(keep_heads={i: (0,) for i in every}, keep_neurons={i: tuple(range(hidden)) for i in every}),
-            PrunePlan(keep_heads={i: tuple(range(spec_heads)) for i in every}, keep_neurons={i: tuple(range(quarter)) for i in every})]
+    one profile per batch: docs/latency.md). `blocks`: (heads, neurons) of each block."""
+    every = list(enumerate(blocks))
+    return [PrunePlan(keep_heads={i: (0,) for i, _ in every}, keep_neurons={i: tuple(range(m)) for i, (_, m) in every}),
+            PrunePlan(keep_heads={i: tuple(range(h)) for i, (h, _) in every},
+                      keep_neurons={i: tuple(range(_nearest_width(m, round_to, 0.25))) for i, (_, m) in every})]
 
 
 def fit_plans(spec_heads: int, hidden: int, depth: int, round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
-    """The whole models the fit is made on: `count` of reduced width (the two `corner_plans` first, then
-    `random_plans`), and the first `DEPTH_FIT_MODELS` of them again with a quarter and a half of their blocks
-    removed (chosen at random), so that the fit sees what a block costs inside models of fewer blocks, as the
-    depth stage plans them."""
-    corners = corner_plans(spec_heads, hidden, depth, round_to)[:count]
-    plans = [*corners, *random_plans(spec_heads, hidden, depth, round_to, count - len(corners), seed)]
+    """`fit_plans_for` a model of `depth` blocks of `spec_heads` heads and `hidden` neurons each."""
+    return fit_plans_for([(spec_heads, hidden)] * depth, round_to, count, seed)
+
+
+def fit_plans_for(blocks: Sequence[tuple[int, int]], round_to: int, count: int, seed: int = 0) -> list[PrunePlan]:
+    """The whole models the fit is made on, for a model whose blocks have (heads, neurons) `blocks`: `count` of
+    reduced width (the two `corner_plans_for` first, then `random_plans_for`), and the first `DEPTH_FIT_MODELS`
+    of them again with a quarter and a half of their blocks removed (chosen at random), so that the fit sees
+    what a block costs inside models of fewer blocks, as the depth stage plans them (none for a model of one
+    block: it cannot lose one)."""
+    corners = corner_plans_for(blocks, round_to)[:count]
+    plans = [*corners, *random_plans_for(blocks, round_to, count - len(corners), seed)]
+    depth = len(blocks)
     rng = np.random.default_rng(seed + 1)
     shallow = []
-    for plan, share in zip(plans[:DEPTH_FIT_MODELS], (0.25, 0.5), strict=False):
+    for plan, share in zip(plans[:depth_fit_models(count, depth)], (0.25, 0.5), strict=False):
         dropped = max(1, min(depth - 1, round(share * depth)))
         shallow.append(dataclasses.replace(plan, drop_blocks=tuple(sorted(int(i) for i in rng.choice(depth, dropped, replace=False)))))
     return [*plans, *shallow]
+
+
+def depth_fit_models(count: int, depth: int) -> int:
+    """How many of `count` fit models are timed again with fewer blocks in a model of `depth` blocks."""
+    return min(DEPTH_FIT_MODELS, count) if depth > 1 else 0
 
 
 def profile(model: nn.Module, target: str, *, batch: int = 1, threads: int | None = None, round_to: int = 8,
@@ -408,14 +484,18 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
     started = time.perf_counter()
     model = copy.deepcopy(model).float().eval()
     arch = key.architecture
-    heads, hidden = arch["num_heads"], arch["mlp_hidden"]
+    shapes = _block_shapes(model)
+    heads = arch["num_heads"]
     tokens = torch.randn(batch, arch["tokens"], arch["embed_dim"])
     images = torch.randn(batch, model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
-    widths = mlp_grid(hidden, round_to)
+    widths = mlp_widths_of([m for _, m in shapes], round_to)
+    plans = fit_plans_for(shapes, round_to, fit_models)
     with tempfile.TemporaryDirectory(prefix="vitshrink-profile-") as tmp:
         clock = _Clock(target, threads, Path(tmp), repeats, min_seconds)
-        block = model.blocks[0]
-        bar = progress_bar(range(2 + heads + len(widths) - 1 + 1 + fit_models + min(DEPTH_FIT_MODELS, fit_models)), desc=f"profile {target} b{batch}",
+        # sub-blocks are cut from the block of the most heads and the one of the widest MLP (a pruned model's differ)
+        attention_block = max(model.blocks, key=lambda b: b.attn.num_heads)
+        mlp_block = max(model.blocks, key=lambda b: mlp_hidden(b.mlp))
+        bar = progress_bar(range(2 + heads + len(widths) - 1 + 1 + len(plans)), desc=f"profile {target} b{batch}",
                            enabled=progress)
         steps = iter(bar)
         # a sub-block timed alone also pays one call into the runtime (feeds, outputs, dispatch), which a block
@@ -423,18 +503,18 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         overhead = clock(CallOverhead(), tokens)
         next(steps, None)
         # every sub-block is timed against the full one of its kind, every model against the teacher (ratios)
-        reference = clock.reference(AttentionPart(block), tokens)
+        reference = clock.reference(AttentionPart(attention_block), tokens)
         ratios = []
         for h in range(1, heads + 1):
-            part = copy.deepcopy(block)
+            part = copy.deepcopy(attention_block)
             part.attn = prune_attention(part.attn, tuple(range(h)))
             ratios.append(clock.ratio(AttentionPart(part), tokens, reference, repeats=part_repeats))
             next(steps, None)
         attention = [0.0, *monotone([max(r * reference.ms - overhead, PART_FLOOR * reference.ms) for r in ratios])]
-        reference = clock.reference(MlpPart(block), tokens)
+        reference = clock.reference(MlpPart(mlp_block), tokens)
         ratios = []
         for m in widths[1:]:
-            part = copy.deepcopy(block)
+            part = copy.deepcopy(mlp_block)
             part.mlp = prune_mlp(part.mlp, tuple(range(m)))
             ratios.append(clock.ratio(MlpPart(part), tokens, reference, repeats=part_repeats))
             next(steps, None)
@@ -448,7 +528,7 @@ def _profile(model: nn.Module, target: str, batch: int, threads: int | None, rou
         # per model: its `block_sums` (kept sub-blocks, attention and MLP ms), and its time over the teacher's; the first is the
         # teacher itself, whose ratio to itself is 1 by definition (timing it against itself would only add noise)
         sums, ratios = [], []
-        for plan in [PrunePlan(), *fit_plans(heads, hidden, len(model.blocks), round_to, fit_models)]:
+        for plan in [PrunePlan(), *plans]:
             cut = copy.deepcopy(model)
             spec = apply_plan(cut, ArchSpec.from_model(cut), plan)
             sums.append(block_sums(table, [(b.num_heads, b.mlp_hidden) for b in spec.blocks]))
@@ -596,7 +676,7 @@ def table_for(model: nn.Module, target: str | None = None, *, batch: int | None 
     Without: the table cached for this machine, or a new profile (then cached); defaults ort-cpu, batch 1,
     torch's thread count.
     """
-    hidden = int(mlp_hidden(model.blocks[0].mlp))
+    hidden = [int(mlp_hidden(b.mlp)) for b in model.blocks]
     if table_file is not None:
         table = LatencyTable.load(table_file)
         table.check_for(architecture_of(model), str(table_file), target=target, batch=batch, threads=threads)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitshrink.benchmarks.stats import MIN_CI_ROUNDS
+
 REFERENCE_BACKEND = "torch-cpu:fp32"  # accuracy reference: PyTorch eager on the CPU
 
 
@@ -25,7 +27,8 @@ KINDS: dict[str, MetricKind] = {
     "flops_reduction": MetricKind("fraction", True, False, "1 - student MACs / teacher MACs"),
     "flops_ratio": MetricKind("x", True, False, "teacher MACs / student MACs (the speedup FLOPs promise)"),
     "speedup": MetricKind("x", True, True, "teacher median latency / student median latency, same run"),
-    "speedup_ci_low": MetricKind("x", True, True, "lower end of the speedup's 95% bootstrap interval"),
+    "speedup_ci_low": MetricKind("x", True, True, "lower end of the speedup's 95% bootstrap interval (none from "
+                                 f"fewer than {MIN_CI_ROUNDS} timing rounds)"),
     "realised": MetricKind("fraction", True, True, "speedup / flops_ratio (1.0: every FLOP saved became speed)"),
     "top1": MetricKind("fraction", True, False, "top-1 accuracy of top1/<model>/<backend> on the eval split"),
     "top5": MetricKind("fraction", True, False, "top-5 accuracy"),
@@ -54,7 +57,8 @@ def derive_metrics(bench: dict) -> dict[str, float]:
     for row in bench.get("speedup", []):
         where = f"{row['backend']}/b{row['batch']}"
         out[f"speedup/{where}"] = row["ratio"]
-        out[f"speedup_ci_low/{where}"] = row["ci_low"]
+        if row["pairs"] >= MIN_CI_ROUNDS:
+            out[f"speedup_ci_low/{where}"] = row["ci_low"]
         out[f"realised/{where}"] = row["realised"]
     top1: dict[tuple[str, str], float] = {}
     for row in bench.get("accuracy", []):
@@ -79,3 +83,18 @@ def derive_metrics(bench: dict) -> dict[str, float]:
         if model == "student" and base:
             out[f"rss_ratio/{backend}"] = value / base
     return {k: round(float(v), 6) for k, v in sorted(out.items())}
+
+
+def unmeasured_metrics(bench: dict) -> dict[str, str]:
+    """Metrics the run measured too little to give, name -> why (gates report them as not evaluated).
+
+    Read from the rows, so a bench.json whose metrics still hold such a value is caught as well.
+    """
+    out: dict[str, str] = {}
+    for row in bench.get("speedup", []):
+        pairs = row.get("pairs") if isinstance(row, dict) else None
+        if isinstance(pairs, int) and pairs < MIN_CI_ROUNDS:
+            out[f"speedup_ci_low/{row['backend']}/b{row['batch']}"] = (
+                f"a 95% interval needs at least {MIN_CI_ROUNDS} timing rounds and this run has {pairs} "
+                "(raise --min-iters, or --max-time if timing stopped there)")
+    return out

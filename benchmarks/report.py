@@ -8,6 +8,7 @@ from vitshrink.benchmarks.gate import GateResult
 from vitshrink.benchmarks.latency_check import latency_plan_lines
 from vitshrink.benchmarks.metrics import REFERENCE_BACKEND
 from vitshrink.benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG
+from vitshrink.benchmarks.stats import MIN_CI_ROUNDS
 from vitshrink.compressor.atomic import write_json_atomic, write_text_atomic
 from vitshrink.compressor.report import format_table, markdown_table
 
@@ -45,9 +46,15 @@ def latency_rows(bench: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     return header, rows
 
 
+def _interval(row: dict) -> str:
+    if row["pairs"] < MIN_CI_ROUNDS:
+        return f"- (< {MIN_CI_ROUNDS} rounds)"
+    return f"{row['ci_low']:.2f}-{row['ci_high']:.2f}"
+
+
 def speedup_rows(bench: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     header = ("backend", "batch", "speedup", "95% CI", "pair IQR", "FLOPs ratio", "realised", "pairs")
-    rows = [(r["backend"], str(r["batch"]), f"{r['ratio']:.2f}x", f"{r['ci_low']:.2f}-{r['ci_high']:.2f}",
+    rows = [(r["backend"], str(r["batch"]), f"{r['ratio']:.2f}x", _interval(r),
              f"{r['pair_q25']:.2f}-{r['pair_q75']:.2f}", f"{r['flops_ratio']:.2f}x", f"{r['realised']:.0%}",
              str(r["pairs"]))
             for r in bench["speedup"]]
@@ -145,7 +152,8 @@ def markdown_report(bench: dict) -> str:
             f"Timing: warm-up {timing['warmup_iters']} calls and {timing['warmup_s']} s, then at least "
             f"{timing['min_iters']} calls and {timing['min_time_s']} s per model (at most {timing['max_time_s']} s); "
             "percentiles by linear interpolation, std with ddof=1, img/s = batch / mean. "
-            "Speedup: median of the per-round ratios; CI: 95% bootstrap over the rounds.", ""]
+            "Speedup: median of the per-round ratios; CI: 95% bootstrap over the rounds (none from fewer than "
+            f"{MIN_CI_ROUNDS}).", ""]
     out += [f"- {line}" for line in _footer(bench)]
     return "\n".join(out).rstrip() + "\n"
 

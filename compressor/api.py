@@ -26,7 +26,13 @@ from vitshrink.compressor.evaluate import evaluate
 from vitshrink.compressor.flops import count_macs, count_params
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.pipeline import CompressConfig, CompressData, CompressReport, run_compress
+from vitshrink.compressor.pipeline import (
+    CompressConfig,
+    CompressData,
+    CompressReport,
+    check_config,
+    run_compress,
+)
 from vitshrink.compressor.report import format_table, markdown_report, report_rows
 from vitshrink.compressor.resume import start_work_dir, weights_sha256
 from vitshrink.compressor.train import TrainConfig, train
@@ -155,13 +161,23 @@ def compress(job: CompressJob, log=print) -> CompressReport:
     torch.manual_seed(job.config.seed)  # a timm name without --pretrained is random weights: the same ones every run
     teacher = default_teacher(log=log, progress=job.progress) if job.model is None else load_model(
         job.model, checkpoint=job.checkpoint, pretrained=job.pretrained)
-    work_dir = job.work_dir or default_work_dir(job.out)
+    data = build_compress_data(teacher, job.data, job.config)  # bad data options: refused before anything is written
+    return run_job(teacher, data, job.config, job.latency, Path(job.out), Path(job.work_dir or default_work_dir(job.out)),
+                   data_record=_data_record(job.data), resume=job.resume, device=device, progress=job.progress,
+                   log=log)
+
+
+def run_job(teacher: LoadedModel, data: CompressData, config: CompressConfig, latency: LatencyTarget, out: Path,
+            work_dir: Path, *, data_record: dict, resume: bool = False, device: str = "cpu", progress: bool = True,
+            log=print) -> CompressReport:
+    """What `vitshrink compress` and `vitshrink.compress` share once teacher and data are in hand: the latency
+    table, the checks that refuse a budget or plan before anything is written, the work folder, the stages."""
+    config = with_latency_table(config, teacher, latency, progress=progress, log=log)
+    check_config(teacher, config)
     # the stages in the work folder belong to this teacher and data; --resume into another run's is refused
-    start_run(teacher, work_dir, _data_record(job.data), job.resume, log=log)
-    config = with_latency_table(job.config, teacher, job.latency, progress=job.progress, log=log)
-    data = build_compress_data(teacher, job.data, config)
-    return compress_and_report(teacher, data, config, job.out, work_dir, resume=job.resume, device=device,
-                               progress=job.progress, log=log)
+    start_run(teacher, work_dir, data_record, resume, log=log)
+    return compress_and_report(teacher, data, config, out, work_dir, resume=resume, device=device,
+                               progress=progress, log=log)
 
 
 def with_latency_table(config: CompressConfig, teacher: LoadedModel, latency: LatencyTarget, *,

@@ -16,7 +16,7 @@ from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.importance import CRITERIA
 from vitshrink.compressor.kd_loss import KDWeights
 from vitshrink.compressor.pipeline import CompressConfig
-from vitshrink.compressor.plan_file import read_plan
+from vitshrink.compressor.plan_file import read_plan_file
 from vitshrink.compressor.planner import Budget
 from vitshrink.compressor.precision import AMP_CHOICES, amp_option
 from vitshrink.compressor.selection import KEEP_CHOICES
@@ -60,7 +60,9 @@ def data_options(f):
                      help="Dataset folder (imagefolder: DIR/train and DIR/val|test)."),
         click.option("--download", is_flag=True, help="Download CIFAR-10/100 into --data-dir if missing."),
         click.option("--train-limit", type=click.IntRange(min=1), default=None,
-                     help="Use a fixed random subset of N training images (never validation images)."),
+                     help="Train on a fixed random subset of N training images (never validation images). "
+                          "compress scores (calibrates) on its own --calib-batches x 64 un-augmented images drawn "
+                          "from the whole training split less the validation images, not from this subset."),
         click.option("--eval-limit", type=click.IntRange(min=1), default=None,
                      help="Use a fixed random subset of N test (evaluation split) images."),
         click.option("--val-split", default=None, callback=_val_split, metavar="FRACTION|N",
@@ -88,9 +90,10 @@ def train_options(default_epochs: int, default_lr: float):
                          help=f"Training epochs (per distillation stage for compress; 0 = no distillation) "
                               f"[default: {default_epochs}; 10 on digits]."),
             click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
-            click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak AdamW learning rate."),
-            click.option("--weight-decay", type=float, default=0.05, show_default=True),
-            click.option("--warmup-epochs", type=float, default=0.5, show_default=True),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=default_lr, show_default=True,
+                         help="Peak AdamW learning rate (> 0); the cosine decay ends at 1e-6, or at the peak if lower."),
+            click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True),
+            click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.5, show_default=True),
             click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None,
                          help="Cap each epoch at N steps (quick runs)."),
             click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
@@ -105,7 +108,11 @@ def train_options(default_epochs: int, default_lr: float):
             click.option("--seed", type=int, default=0, show_default=True,
                          help="Fixes the validation split, the calibration images, data subsets and order, "
                               "augmentation, dropout, and the starting weights of a model built without "
-                              "--pretrained: a rerun on the same machine (CPU) repeats the run."),
+                              "--pretrained: a rerun on the same machine (CPU) repeats the run. Not a latency plan "
+                              "the latency check timed (compress --reduce latency=X without --no-latency-check): "
+                              "it keeps the plan that measured closest, and timings vary; compression.json says "
+                              "so (repeatable: false). To repeat such a run exactly, pass --plan with its "
+                              "stage1-width/plan.json, or use --no-latency-check on the same --latency-table."),
             click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints."),
         ]
         for opt in reversed(opts):
@@ -137,13 +144,14 @@ def compress_config(kw: dict) -> CompressConfig:
     """The `compress` options (click's parsed values) as one config object."""
     stages = tuple(s.strip() for s in kw["stages"].split(",") if s.strip())
     try:
+        plan, plan_model = read_plan_file(kw["plan_file"]) if kw.get("plan_file") else (None, None)
         return CompressConfig(
             budget=kw["budget"], stages=stages, width_steps=kw["width_steps"], depth_share=kw["depth_share"],
             depth_blocks=kw["depth_blocks"],
             criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
             train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
-            plan=read_plan(kw["plan_file"]).to_dict() if kw.get("plan_file") else None,
+            plan=plan.to_dict() if plan is not None else None, plan_model=plan_model,
             latency_check=not kw.get("no_latency_check", False),
         )
     except VitShrinkError as e:
@@ -194,7 +202,9 @@ def compress_config(kw: dict) -> CompressConfig:
               help="Block importance (ablation = exact loss change of skipping each block).")
 @click.option("--scoring-loss", type=click.Choice(["ce", "kl"]), default="ce", show_default=True,
               help="Loss whose change is measured: cross-entropy on labels, or KL to the teacher (no labels).")
-@click.option("--calib-batches", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--calib-batches", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Batches of 64 un-augmented training images (a fixed, seeded draw; never validation images, "
+                   "not limited by --train-limit) the importance scores are computed on.")
 @click.option("--min-heads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
               help="Kept MLP widths are multiples of this.")

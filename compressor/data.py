@@ -134,13 +134,24 @@ def parse_val_split(text: str) -> float | int:
 
 
 def val_size(n_train: int, val_split: float | int | None) -> int:
-    """Images held out of an `n_train`-image training split: None = 10% capped at 5,000."""
+    """Images held out of an `n_train`-image training split: None = 10% capped at 5,000.
+
+    At least one image is always left to train and calibrate on (else a DataError naming the numbers).
+    """
+    if n_train < 1:
+        raise DataError("the training split has no images: check the dataset folder or the DataLoader's dataset")
     if val_split is None:
         return min(DEFAULT_VAL_CAP, round(DEFAULT_VAL_FRACTION * n_train))
     if isinstance(val_split, float):
         if not 0.0 <= val_split < 1.0:
             raise DataError(f"validation fraction {val_split} must be in [0, 1)")
-        return round(val_split * n_train)
+        k = round(val_split * n_train)
+        if k >= n_train:
+            raise DataError(
+                f"--val-split {val_split}: holds out {k} of the {n_train} training images and leaves none to train "
+                "or calibrate on; give a smaller fraction such as 0.1"
+            )
+        return k
     if val_split < 0:
         raise DataError(f"validation image count {val_split} must be >= 0")
     if val_split >= n_train:

@@ -1,8 +1,8 @@
 """A latency table: what one attention or MLP sub-block of a ViT costs on one runtime, per kept width.
 
-Every block of a plain ViT sees the same tokens and width, so one table serves all blocks:
-`attention[h]` is one attention sub-block (norm, attention with h heads, residual) and `mlp_ms[k]`
-one MLP sub-block with `mlp_widths[k]` hidden neurons, in milliseconds for one batch, measured on
+Every block of a plain ViT sees the same tokens and width, so one table serves all blocks (those of a
+pruned ViT too, whose widths differ per block): `attention[h]` is one attention sub-block (norm, attention
+with h heads, residual) and `mlp_ms[k]` one MLP sub-block with `mlp_widths[k]` hidden neurons, in milliseconds for one batch, measured on
 the target (`vitshrink profile`, benchmarks/latency_profile.py). `fixed` is the rest (patch
 embedding, final norm, head). The prediction for a model is `fixed` plus, for every sub-block it keeps,
 `a + b_attention * its attention time` or `a + b_mlp * its MLP time`, with a and the two scales fitted
@@ -13,6 +13,7 @@ differently they miss it). The table is a small JSON file: profile on the device
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ FORMAT = "vitshrink-latency-table/2"  # 2: the fit's `a` is paid by every kept s
 class TableKey:
     """What a table was measured for; a table is only used for the same key."""
 
-    architecture: dict  # embed_dim, num_heads, head_dim, mlp_hidden, tokens, depth, block class
+    architecture: dict  # every class and shape of the timed graph (benchmarks/latency_profile.architecture_of)
     target: str  # a bench backend: ort-cpu, torch-cpu, ort-cuda, torch-cuda, tensorrt
     precision: str  # fp32 | fp16 | int8
     runtime_version: str  # e.g. "onnxruntime 1.20.1"
@@ -41,9 +42,28 @@ class TableKey:
         return self.differences(asdict(other))
 
     def differences(self, wanted: dict) -> list[str]:
-        """'field: table X, wanted Y' for every field of `wanted` (field -> value) that differs."""
-        return [f"{name}: table {getattr(self, name)!r}, wanted {value!r}"
-                for name, value in wanted.items() if getattr(self, name) != value]
+        """'field: table X, wanted Y' for every field of `wanted` (field -> value) that differs; the architecture
+        field by field ('architecture.mlp: ...')."""
+        out = []
+        for name, value in wanted.items():
+            ours = getattr(self, name)
+            if name == "architecture" and isinstance(ours, dict) and isinstance(value, dict):
+                out.extend(_architecture_differences(ours, value))
+            elif ours != value:
+                out.append(f"{name}: table {ours!r}, wanted {value!r}")
+        return out
+
+
+def _architecture_differences(table: dict, wanted: dict) -> list[str]:
+    out = []
+    for name in [*wanted, *(k for k in table if k not in wanted)]:
+        if name not in table:
+            out.append(f"architecture.{name}: not in the table (made by an older vitshrink), wanted {wanted[name]!r}")
+        elif name not in wanted:
+            out.append(f"architecture.{name}: table {table[name]!r}, unknown to this vitshrink")
+        elif table[name] != wanted[name]:
+            out.append(f"architecture.{name}: table {table[name]!r}, wanted {wanted[name]!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,9 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "latency table") -> LatencyTable:
+        if not isinstance(d, dict):
+            raise UnreadableFileError(f"{source} is not a vitshrink latency table (a JSON {type(d).__name__}, "
+                                      "expected an object); make one with `vitshrink profile`")
         if str(d.get("format", "")).startswith(FORMAT.split("/")[0] + "/") and d["format"] != FORMAT:
             raise UnreadableFileError(f"{source} was made by another version of vitshrink (format {d['format']!r}, "
                                       f"this one reads {FORMAT!r}); make it again with `vitshrink profile`")
@@ -163,9 +186,10 @@ class LatencyTable:
         wanted = {"architecture": architecture, **{k: v for k, v in asked.items() if v is not None}}
         self._refuse(self.key.differences(wanted), source)
 
-    def check_grid(self, hidden: int, round_to: int, source: str = "the latency table") -> None:
-        """Refuse a table whose MLP grid does not hold every width a plan with `round_to` keeps."""
-        kept = set(mlp_grid(hidden, round_to)[1:])
+    def check_grid(self, hidden: int | Iterable[int], round_to: int, source: str = "the latency table") -> None:
+        """Refuse a table whose MLP grid does not hold every width a plan with `round_to` keeps in MLPs of
+        `hidden` neurons (one width, or each block's)."""
+        kept = set(mlp_widths_of([hidden] if isinstance(hidden, int) else hidden, round_to)[1:])
         missing = sorted(kept - set(self.mlp_widths))
         if missing:
             raise BudgetError(f"{source} was measured on a --round-to {self.round_to} grid, which lacks the MLP "
@@ -181,6 +205,12 @@ class LatencyTable:
 
 def _fit_from_dict(d: dict) -> Fit:
     return Fit(**{**d, "points": tuple(tuple(float(v) for v in p) for p in d.get("points", ()))})
+
+
+def mlp_widths_of(hidden: Iterable[int], round_to: int) -> list[int]:
+    """Every width a plan with `round_to` can keep in MLPs of these `hidden` widths (one per block; a pruned
+    model's differ), and 0, ascending."""
+    return sorted(set().union(*(mlp_grid(h, round_to) for h in hidden)) | {0})
 
 
 def mlp_grid(hidden: int, round_to: int) -> list[int]:

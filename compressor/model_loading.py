@@ -20,6 +20,7 @@ from vitshrink.compressor.artifact import (
 from vitshrink.compressor.errors import ArtifactError, ModelSourceError
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.reading import read_json, read_safetensors, read_torch_weights
+from vitshrink.compressor.rebuild_args import rebuild_args
 from vitshrink.compressor.spec import ArchSpec
 from vitshrink.compressor.supported_models import check_supported
 
@@ -60,44 +61,29 @@ def wrap_module(model: torch.nn.Module, *, name: str | None = None, model_args: 
     if not name:
         raise ModelSourceError("the model records no timm architecture name (pretrained_cfg['architecture']); "
                                "pass name=, e.g. name='vit_small_patch16_224'")
-    args = dict(model_args) if model_args is not None else _shape_args(model)
+    args = dict(model_args) if model_args is not None else rebuild_args(model)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         rebuilt = _create(name, pretrained=False, **args)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
-    bad = [f"{k}: {want.get(k)} in the model, {got.get(k)} rebuilt" for k in sorted(want.keys() | got.keys())
-           if want.get(k) != got.get(k)]
+    bad = _differences(_layout(model), _layout(rebuilt))
     if bad:
         raise ModelSourceError(
-            f"timm.create_model({name!r}, **{args}) does not rebuild this model ({len(bad)} tensors differ: "
+            f"timm.create_model({name!r}, **{args}) does not rebuild this model ({len(bad)} tensors or layers differ: "
             f"{'; '.join(bad[:3])}); pass model_args= with the arguments the model was created with"
         )
     return _wrap(model, name, args, None)
 
 
-def _shape_args(model: torch.nn.Module) -> dict:
-    """The timm.create_model arguments that fix a (supported) VisionTransformer's tensor shapes."""
-    block = model.blocks[0]
-    return {
-        "img_size": tuple(model.patch_embed.img_size),
-        "patch_size": tuple(model.patch_embed.patch_size),
-        "in_chans": model.patch_embed.proj.in_channels,
-        "num_classes": model.num_classes,
-        "global_pool": model.global_pool,
-        "embed_dim": model.embed_dim,
-        "depth": len(model.blocks),
-        "num_heads": block.attn.num_heads,
-        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
-        "qkv_bias": block.attn.qkv.bias is not None,
-        "qk_norm": not isinstance(block.attn.q_norm, torch.nn.Identity),
-        "class_token": model.cls_token is not None,
-        "reg_tokens": model.num_reg_tokens,
-        "no_embed_class": model.no_embed_class,
-        "pre_norm": not isinstance(model.norm_pre, torch.nn.Identity),
-        "fc_norm": not isinstance(model.fc_norm, torch.nn.Identity),
-        "init_values": 1e-5 if not isinstance(block.ls1, torch.nn.Identity) else None,  # weights overwrite it
-        "dynamic_img_size": model.dynamic_img_size,
-    }
+def _layout(model: torch.nn.Module) -> dict[str, object]:
+    """What a rebuilt model must match: the shape of every tensor and the class of every layer (a rotary
+    embedding or an activation holds no weights)."""
+    tensors = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    layers = {f"{name or 'model'} (layer)": type(m).__name__ for name, m in model.named_modules()}
+    return {**tensors, **layers}
+
+
+def _differences(want: dict, got: dict) -> list[str]:
+    return [f"{k}: {want.get(k)} in the model, {got.get(k)} rebuilt" for k in sorted(want.keys() | got.keys())
+            if want.get(k) != got.get(k)]
 
 
 def _load_timm_folder(path: Path) -> LoadedModel:

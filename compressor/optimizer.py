@@ -25,13 +25,17 @@ def build_optimizer(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup_steps, min_lr / lr)
+        optimizer, warmup_cosine(total_steps, warmup_steps, min(1.0, min_lr / lr))
     )
     return optimizer, scheduler
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
-    """The learning-rate factor at each step: linear up to 1 over `warmup_steps`, then cosine down to `floor`."""
+    """The learning-rate factor at each step: linear up to 1 over `warmup_steps`, then cosine down to `floor`.
+
+    A `floor` above 1 (a peak rate below the floor rate) is held at 1: the decay never rises above the peak.
+    """
+    floor = min(1.0, floor)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -51,6 +51,7 @@ from vitshrink.compressor.train import TrainConfig, feature_sources_for, train
 STAGES = ("width", "depth")
 PLAN_FILE = "plan.json"  # in each stage's work folder
 PLAN_CONFIG_FILE = "plan-config.json"  # beside it: the settings the plan was made with (a resume reuses it only for them)
+PLAN_CHECKS_FILE = "plan-checks.json"  # and how it was chosen (latency checks, plan choices), for the resumed record
 DISTILL_LR = 1e-4  # peak learning rate of the distillation after a cut: `compress --lr` default (README: Defaults)
 
 
@@ -73,6 +74,7 @@ class CompressConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # distillation after every cut
     seed: int = 0
     plan: dict | None = None  # a given plan (`PrunePlan.to_dict` form): one stage, cut as given, no scoring or budget
+    plan_model: dict | None = None  # the shape of the model that plan was made for (plan.json's "model")
     latency_table: dict | None = None  # `LatencyTable.to_dict()`: what a latency budget is planned on
     # a latency plan that makes the whole cut from the teacher is timed on the target (when it runs here) and
     # re-aimed by its miss (compressor/latency_check.py)
@@ -132,6 +134,8 @@ class CompressConfig:
         d["budget"] = str(self.budget)
         d["stages"] = self.stage_sequence
         del d["width_steps"]
+        if self.plan_model is None:
+            del d["plan_model"]
         if self.budget.metric != "latency":
             del d["latency_check"]
         return d
@@ -186,10 +190,12 @@ class CompressReport:
 
 
 def _metrics(model, loader: DataLoader | None, device: str) -> dict | None:
-    if loader is None:
-        return None
-    m = evaluate(model, loader, device=device)
-    return {"top1": round(m["top1"], 5), "top5": round(m["top5"], 5), "loss": round(m["loss"], 5)}
+    """top1, top5 and loss on `loader`, rounded for the record (None without a loader)."""
+    return _rounded(evaluate(model, loader, device=device)) if loader is not None else None
+
+
+def _rounded(metrics: dict | None) -> dict | None:
+    return {k: round(metrics[k], 5) for k in ("top1", "top5", "loss")} if metrics else None
 
 
 def _top1_of(metrics: dict | None) -> float | None:
@@ -221,10 +227,7 @@ def run_compress(
     budget, metric = config.budget, config.budget.metric
     t_model = teacher.model.to(device).eval()
     reference = config.cost(t_model)
-    # the budget decisions that need no scores, taken before any work: blocks for depth, the rest for width
-    split = None if config.plan is not None else split_budget(
-        config.costs(t_model), budget, width="width" in config.stages, depth="depth" in config.stages,
-        depth_share=config.depth_share, depth_blocks=config.depth_blocks)
+    split = _budget_split(t_model, config)
     teacher_row = {
         "params": count_params(t_model),
         "macs": count_macs(t_model),
@@ -252,11 +255,12 @@ def run_compress(
             continue
         started = time.perf_counter()
         model = current.model.to(device)
+        checks = choices = None  # how a width plan was timed and chosen (dicts for the record)
         cut_before = reference - config.cost(model)
         loss = ScoringLoss(config.scoring_loss, teacher=t_model if cut_before > 0 else None)
         if stage == "plan":
             plan, scores = PrunePlan.from_dict(config.plan), None
-            check_plan(plan, model, "--plan")
+            check_plan(plan, model, "--plan", made_for=config.plan_model)
         elif stage == "width":
             step = index + 1  # the width steps come first: stage k is width step k of config.width_steps
             target = split.width_target(step, config.width_steps)
@@ -271,6 +275,8 @@ def run_compress(
             width_plan, scores, checks, choices = _width_cut(model, calib, config, loss, target - cut_before,
                                                              reference, cut_before, final, measure, val_metrics, log)
             plan = read_plan(written) if written else width_plan.plan
+            checks, choices = (_written_checks(stage_dir) if written else
+                               ([c.to_dict() for c in checks or ()], [c.to_dict() for c in choices]))
             log(f"resuming with the plan in {written}" if written else width_plan.describe())
         else:
             planned, scores = _depth_cut(model, calib, config, loss, split, reference)
@@ -279,8 +285,12 @@ def run_compress(
         if ddp.is_main():  # the plan as a document, before anything is cut (`--plan` takes it back)
             write_plan(stage_dir / PLAN_FILE, plan, model, note=f"stage {index + 1} ({stage}) of {teacher.name}")
             write_json_atomic(stage_dir / PLAN_CONFIG_FILE, config.to_dict())
+            write_json_atomic(stage_dir / PLAN_CHECKS_FILE, {"latency_checks": checks, "plan_choices": choices})
         spec = apply_plan(model, current.spec, plan)
-        after_cut, val_cut = _metrics(model, data.eval_loader, device), _metrics(model, data.val_loader, device)
+        after_cut = _metrics(model, data.eval_loader, device)
+        # keep-best compares the cut with every epoch unrounded; the record keeps 5 decimals
+        val_cut_exact = evaluate(model, data.val_loader, device=device) if data.val_loader is not None else None
+        val_cut = _rounded(val_cut_exact)
         log(f"stage {index + 1} ({stage}) cut: {metric} -{1 - config.cost(model) / reference:.1%}, "
             f"test top-1 {after_cut['top1']:.2%} (val {_top1(val_cut)}) before distillation")
         result = None
@@ -290,7 +300,7 @@ def run_compress(
                 model, data.train_set, data.val_loader, config.train, stage_dir,
                 teacher=t_model, feature_sources=feature_sources_for(teacher.spec, spec),
                 resume=resume, device=device, progress=progress, desc=f"distill ({stage})",
-                start_metrics=val_cut if fp32 else None,
+                start_metrics=val_cut_exact if fp32 else None,
             )
         after = val_after = None
         if result and result.kept_epoch == 0:  # distillation never beat the cut on validation: the cut stays
@@ -322,8 +332,8 @@ def run_compress(
             val_after_distill=val_after,
             images_per_s=result.images_per_s if result else None,
             kept_epoch=result.kept_epoch if result else None,
-            latency_checks=[c.to_dict() for c in checks] if stage == "width" and checks else None,
-            plan_choices=[c.to_dict() for c in choices] if stage == "width" and choices else None,
+            latency_checks=checks or None,
+            plan_choices=choices or None,
         )
         records.append(record)
         current = dataclasses.replace(current, model=model, spec=spec, compression=None)
@@ -335,18 +345,41 @@ def run_compress(
                 f"kept epoch {result.kept_epoch} of {config.train.epochs}, {result.images_per_s or 0:.0f} images/s")
     report = CompressReport(teacher=teacher_row, stages=records, artifact=out_dir if ddp.is_main() else None, budget=budget)
     if ddp.is_main():
-        record = {**_compression_record(teacher, config, report), "data": data.info}
+        # repeatable: the same command and --seed on this machine write the same student
+        record = {**_compression_record(teacher, config, report), "data": data.info, "repeatable": True}
         if config.table is not None:  # what the plan predicts; `bench` sets the realised latency beside it
             table = config.table
             record["latency"] = {"target": table.key.target, "precision": table.key.precision,
                                  "batch": table.key.batch, "threads": table.key.threads,
                                  "predicted_ms": {"teacher": reference, "student": config.cost(current.model)}}
             kept = [c for r in records for c in r.latency_checks or () if c["kept"]]
+            if any(r.latency_checks for r in records):  # chosen by measured time: a rerun may keep another plan
+                record["repeatable"] = False
+                record["repeatable_note"] = ("the plan was chosen by timing on the target; rerun with --plan "
+                                             "<work>/stage1-width/plan.json (or --no-latency-check on the same "
+                                             "table) to repeat it exactly")
             if kept:  # the plan was timed against the teacher here (the latency check): what that measured
                 record["latency"]["checked_reduction"] = kept[-1]["measured"]
         save_artifact(out_dir, current, record)
     ddp.barrier()
     return report
+
+
+def _budget_split(teacher, config: CompressConfig) -> BudgetSplit | None:
+    """The budget decisions that need no scores: blocks for depth, the rest for width (None for a given plan)."""
+    if config.plan is not None:
+        return None
+    return split_budget(config.costs(teacher), config.budget, width="width" in config.stages,
+                        depth="depth" in config.stages, depth_share=config.depth_share,
+                        depth_blocks=config.depth_blocks)
+
+
+def check_config(teacher: LoadedModel, config: CompressConfig) -> None:
+    """Refuse, before anything is written, a budget the stages cannot land on or a plan that does not fit."""
+    if config.plan is not None:
+        check_plan(PrunePlan.from_dict(config.plan), teacher.model, "--plan", made_for=config.plan_model)
+    else:
+        _budget_split(teacher.model, config)
 
 
 def _width_cut(model, calib, config: CompressConfig, loss, target_removed: float, reference: float, already: float,
@@ -386,6 +419,13 @@ def _written_plan(stage_dir: Path, config: CompressConfig) -> Path | None:
         return None
     check_same(f"the plan {plan_file}", read_json(config_file), config.to_dict())
     return plan_file
+
+
+def _written_checks(stage_dir: Path) -> tuple[list | None, list | None]:
+    """The latency checks and plan choices recorded beside an interrupted stage's plan (None where none were)."""
+    path = stage_dir / PLAN_CHECKS_FILE
+    record = read_json(path) if path.is_file() else {}
+    return record.get("latency_checks"), record.get("plan_choices")
 
 
 def _not_one_cut(whole_cut: bool) -> str | None:
@@ -453,9 +493,13 @@ def _depth_cut(model, calib, config: CompressConfig, loss, split: BudgetSplit, r
 
 
 def _compression_record(teacher: LoadedModel, config: CompressConfig, report: CompressReport) -> dict:
+    from vitshrink.compressor.resume import weights_sha256
+
+    # an absolute folder and the weights' hash: `bench` finds this teacher from any folder and refuses another
     return {
         "method": "vitshrink: loss-change importance, budgeted width pruning, distillation, depth pruning, distillation",
-        "teacher": {"name": teacher.name, "path": str(teacher.path) if teacher.path else None, **report.teacher},
+        "teacher": {"name": teacher.name, "path": str(Path(teacher.path).resolve()) if teacher.path else None,
+                    "weights_sha256": weights_sha256(teacher.model), **report.teacher},
         "budget": {"metric": config.budget.metric, "reduction": config.budget.reduction},
         "config": config.to_dict(),
         "stages": [r.to_dict() for r in report.stages],

@@ -48,12 +48,12 @@ def flops_plan_at(flops: ModelCosts, latency: ModelCosts, scores: Scores, *, tar
     ceiling = target_removed + tolerance * latency.total
 
     def plan_at(macs_removed: float) -> tuple[WidthPlan, float] | None:
+        """The plan removing `macs_removed` MACs and its predicted latency reduction; None when width pruning
+        cannot remove that much (then every larger amount is out of reach too)."""
         try:
             plan = plan_units(flops, scores, target_removed=macs_removed, reference_total=flops.total,
                               min_heads=min_heads, round_to=round_to, tolerance=None)
-        except BudgetError:  # more MACs than width pruning can remove
-            return None
-        if plan.removed < macs_removed:
+        except BudgetError:
             return None
         kept = list(zip(plan.heads_kept, plan.neurons_kept, strict=True))
         return plan, latency.total - table.predict(kept)
@@ -62,7 +62,9 @@ def flops_plan_at(flops: ModelCosts, latency: ModelCosts, scores: Scores, *, tar
     for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2
         found = plan_at(middle)
-        if found is not None and found[1] >= target_removed:
+        if found is None:  # more than width pruning can remove: the answer, if any, lies below
+            high = middle
+        elif found[1] >= target_removed:
             high, best = middle, found
         else:
             low = middle

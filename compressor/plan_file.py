@@ -38,16 +38,49 @@ def write_plan(path: Path, plan: PrunePlan, model: nn.Module, note: str = "") ->
 
 def read_plan(path: Path) -> PrunePlan:
     """The plan in `path` (a `plan.json` or a hand-written file of the same form)."""
+    return read_plan_file(path)[0]
+
+
+def read_plan_file(path: Path) -> tuple[PrunePlan, dict]:
+    """The plan in `path` and the shape of the model it was made for (`model_shape`'s form), which
+    `check_plan(..., made_for=)` compares with the model it is applied to."""
     record = read_json(Path(path), fix="give a plan.json that vitshrink compress wrote, or one of its form")
     if record.get("format") != FORMAT or record.get("version") != VERSION or "plan" not in record:
         raise BudgetError(f"{path} is not a vitshrink plan (format {record.get('format')!r}, version "
                           f"{record.get('version')!r}); expected format {FORMAT!r}, version {VERSION}")
-    return PrunePlan.from_dict(record["plan"])
+    try:
+        plan = PrunePlan.from_dict(record["plan"])
+    except BudgetError as e:
+        raise BudgetError(f"{path}: {e}") from None
+    return plan, _recorded_shape(record.get("model"), path)
 
 
-def check_plan(plan: PrunePlan, model: nn.Module, source: str = "the plan") -> None:
-    """Every index of `plan` exists in `model`, no block loses all heads or neurons, one block stays."""
+def _recorded_shape(shape, path: Path) -> dict:
+    """The "model" entry of a plan file: heads and MLP width of every block, positive whole numbers."""
+    def counts(key: str) -> list | None:
+        values = shape.get(key) if isinstance(shape, dict) else None
+        ok = isinstance(values, list) and values and all(type(v) is int and v > 0 for v in values)
+        return values if ok else None
+
+    heads, hidden = counts("heads"), counts("mlp_hidden")
+    if heads is None or hidden is None or len(heads) != len(hidden):
+        raise BudgetError(f'{path}: "model" must give the heads and MLP width of every block of the model the plan '
+                          f'was made for, e.g. {{"heads": [6, 6], "mlp_hidden": [768, 768]}}, got {shape!r:.80}; '
+                          "copy it from the plan.json of a run on that model")
+    return {"heads": heads, "mlp_hidden": hidden}
+
+
+def check_plan(plan: PrunePlan, model: nn.Module, source: str = "the plan", made_for: dict | None = None) -> None:
+    """Every index of `plan` exists in `model`, no block loses all heads or neurons, one block stays; with
+    `made_for` (the shape recorded beside the plan), the model has that shape: indices of another model's
+    heads and neurons would name other heads and neurons here."""
     shape = model_shape(model)
+    if made_for is not None and made_for != shape:
+        raise BudgetError(
+            f"{source} was made for a model of {_described(made_for)}, but this model has {_described(shape)}; "
+            "make the plan on this model (compress writes it to <out>.work/stageN-*/plan.json) or apply it to "
+            "the model it was made for"
+        )
     depth = len(shape["heads"])
     problems = []
     for what, keep, sizes in (("heads", plan.keep_heads, shape["heads"]),
@@ -68,3 +101,6 @@ def check_plan(plan: PrunePlan, model: nn.Module, source: str = "the plan") -> N
     if problems:
         raise BudgetError(f"{source} does not fit this model: " + "; ".join(problems))
 
+
+def _described(shape: dict) -> str:
+    return f"{len(shape['heads'])} blocks with heads {shape['heads']} and MLP widths {shape['mlp_hidden']}"

@@ -205,7 +205,8 @@ def split_budget(
     1-point tolerance, if that is more), fit within share x target. The count never decreases as the
     share grows; it is capped at the most blocks that fit the target (+1 point), which share 1 takes.
     Width removes the rest (see `_width_removed`). Depth alone removes the block count closest to the
-    target (the share is not used: there is nothing else to share with).
+    target (the share is not used: there is nothing else to share with), and is refused when no count
+    lands within 1 point of it (`--depth-blocks N` is taken as given).
     """
     total = costs.total
     target = budget.reduction * total
@@ -243,9 +244,8 @@ def split_budget(
                 f"target; use --depth-blocks {min(fit, costs.depth - 1)} or a larger --reduce"
             )
         return split(depth_blocks)
-    if not width:  # depth only: the count closest to the target
-        per_block = sum(costs.blocks) / costs.depth
-        return split(min(range(1, costs.depth), key=lambda k: abs(k * per_block - target)))
+    if not width:  # depth only: the count closest to the target, if whole blocks can land near it
+        return split(_depth_alone_count(costs, budget))
     fits = min(int(np.searchsorted(cheapest, target + tolerance, side="right")), costs.depth - 1)
     if fits == 0:
         raise BudgetError(
@@ -260,6 +260,34 @@ def split_budget(
                         f"the target is {depth_share * budget.reduction:.1%}, under half the cheapest block's "
                         f"{cheapest[0] / total:.1%})")
     return split(n, f"{fits} block(s) fit the target" if asked > fits else "")
+
+
+def _depth_alone_count(costs: ModelCosts, budget: Budget) -> int:
+    """The block count depth alone removes: of those that can land within 1 point of the target, the one
+    whose average cost is nearest it; refused when none can.
+
+    Before scoring it is not known which k blocks go: k blocks remove between the k cheapest and the k
+    dearest together (the same for every choice when blocks cost the same, as in a teacher).
+    """
+    total, target = costs.total, budget.reduction * costs.total
+    ordered = sorted(costs.blocks)
+    per_block = sum(ordered) / costs.depth
+    reach = {k: (sum(ordered[:k]) / total, sum(ordered[-k:]) / total) for k in range(1, costs.depth)}
+    distance = lambda k: abs(k * per_block - target)  # noqa: E731
+    landing = [k for k, (lo, hi) in reach.items() if lo - TOLERANCE <= budget.reduction <= hi + TOLERANCE]
+    if landing:
+        return min(landing, key=distance)
+    nearest = min(reach, key=distance)
+    lo, hi = reach[nearest]
+    removes = f"{lo:.1%}" if hi - lo < 5e-4 else f"{lo:.1%} to {hi:.1%}"
+    near = sorted({max([k for k in reach if k * per_block <= target], default=1),
+                   min([k for k in reach if k * per_block >= target], default=costs.depth - 1)})
+    values = " or ".join(f"{budget.metric}={round(k * per_block / total, 3):g} ({k} block{'s' * (k > 1)})" for k in near)
+    raise BudgetError(
+        f"--stages depth cannot land within 1 point of {budget.metric} -{budget.reduction:.1%}: the nearest block "
+        f"count, {nearest}, removes {removes} of the teacher's {budget.metric}; use --stages width or "
+        f"width,depth, --reduce {values}, or --depth-blocks N to remove N blocks whatever they remove"
+    )
 
 
 def _width_removed(costs: ModelCosts, target: float, n_depth: int) -> float:

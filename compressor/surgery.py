@@ -7,6 +7,7 @@ of `fc2`. Blocks: removed from `model.blocks`. Which tensor holds what is declar
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -36,18 +37,50 @@ class PrunePlan:
     @classmethod
     def from_dict(cls, d: dict) -> PrunePlan:
         """The plan `to_dict` wrote (shape checks only; `plan_file.check_plan` checks it against a model)."""
+        if not isinstance(d, dict):
+            raise BudgetError(f"plan is {_shown(d)}, not an object; {_PLAN_FORM}")
         unknown = set(d) - {"keep_heads", "keep_neurons", "drop_blocks"}
         if unknown:
             raise BudgetError(f"plan has unknown fields {sorted(unknown)}; it takes keep_heads, keep_neurons, drop_blocks")
-        try:
-            return cls(
-                keep_heads={int(k): tuple(int(i) for i in v) for k, v in d.get("keep_heads", {}).items()},
-                keep_neurons={int(k): tuple(int(i) for i in v) for k, v in d.get("keep_neurons", {}).items()},
-                drop_blocks=tuple(int(i) for i in d.get("drop_blocks", [])),
-            )
-        except (TypeError, ValueError, AttributeError) as e:
-            raise BudgetError(f"plan is malformed ({e}): keep_heads and keep_neurons map a block index to a list of "
-                              "indices to keep, drop_blocks is a list of block indices") from None
+        return cls(keep_heads=_kept_by_block(d, "keep_heads"), keep_neurons=_kept_by_block(d, "keep_neurons"),
+                   drop_blocks=_indices(d.get("drop_blocks", []), "drop_blocks"))
+
+
+_PLAN_FORM = ("keep_heads and keep_neurons map a block index to a list of indices to keep, drop_blocks is a list of "
+              "block indices (whole numbers)")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _index(value, where: str) -> int:
+    """A whole-number index as JSON gives it; 0.7, "1" or true are refused, not truncated or converted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise BudgetError(f"plan is malformed: {where} holds {_shown(value)}, not a whole-number index; {_PLAN_FORM}")
+    return int(value)
+
+
+def _indices(values, where: str) -> tuple[int, ...]:
+    if not isinstance(values, list | tuple):
+        raise BudgetError(f"plan is malformed: {where} is {_shown(values)}, not a list; {_PLAN_FORM}")
+    return tuple(_index(v, where) for v in values)
+
+
+def _kept_by_block(d: dict, field_name: str) -> dict[int, tuple[int, ...]]:
+    kept = d.get(field_name, {})
+    if not isinstance(kept, dict):
+        raise BudgetError(f"plan is malformed: {field_name} is {_shown(kept)}, not an object; {_PLAN_FORM}")
+    by_block = {}
+    for key, values in kept.items():
+        try:  # JSON keys are strings: "3" is block 3
+            block = _index(int(key) if isinstance(key, str) else key, f"{field_name} block {key!r}")
+        except ValueError:
+            raise BudgetError(f"plan is malformed: {field_name} has block {key!r}, not a whole-number index; "
+                              f"{_PLAN_FORM}") from None
+        by_block[block] = _indices(values, f"{field_name} of block {block}")
+    return by_block
 
 
 def prune_attention(attn: nn.Module, keep: tuple[int, ...]) -> nn.Module:

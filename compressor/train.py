@@ -67,6 +67,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.keep not in KEEP_CHOICES:
             raise VitShrinkError(f"keep={self.keep!r}: use one of {', '.join(KEEP_CHOICES)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise VitShrinkError(f"learning rate (--lr) {self.lr!r}: give a positive number such as 1e-4")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise VitShrinkError(f"min_lr {self.min_lr!r}: give a number >= 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise VitShrinkError(f"weight decay (--weight-decay) {self.weight_decay!r}: give a number >= 0")
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise VitShrinkError(f"warm-up (--warmup-epochs) {self.warmup_epochs!r}: give a number of epochs >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

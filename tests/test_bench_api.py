@@ -110,8 +110,8 @@ def test_without_teacher_there_is_no_speedup(pair):
 
 def test_teacher_with_another_input_size_is_refused(pair, tmp_path):
     with pytest.raises(BenchError, match="same images"):
-        run_bench(BenchConfig(student=str(pair[1]), teacher="vit_tiny_patch16_224", backends=("torch-cpu",),
-                              timing=QUICK, memory=False, fvcore=False, progress=False))
+        run_bench(BenchConfig(student=str(pair[1]), teacher="vit_tiny_patch16_224", other_teacher=True,
+                              backends=("torch-cpu",), timing=QUICK, memory=False, fvcore=False, progress=False))
 
 
 def test_unavailable_backend_is_refused_before_any_work(pair):

@@ -2,7 +2,7 @@
 
 Teacher: timm ViT at 32x32 in 8x8 patches (17 tokens), embed 64, 4 heads, depth 2, MLP 256.
 Student: the same model cut by the real surgery (2 heads and MLP 128 per block), saved as an
-artifact whose compression.json records the teacher's folder, as `vitshrink compress` does.
+artifact whose compression.json records the teacher's folder and weights hash, as `vitshrink compress` does.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.conftest import TINY_ARGS, tiny_cfg
 from vitshrink.compressor.artifact import save_artifact
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.model_loading import load_model
+from vitshrink.compressor.resume import weights_sha256
 from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 MODEL_ARGS = {**TINY_ARGS, "img_size": 32, "patch_size": 8, "depth": 2, "pretrained_cfg_overlay": tiny_cfg(32)}
@@ -34,6 +35,6 @@ def tiny_pair(folder: Path) -> tuple[Path, Path]:
     student = tiny_teacher()
     spec = apply_plan(student.model, student.spec, PLAN)
     student = replace(student, spec=spec)
-    student_dir = save_artifact(folder / "student", student,
-                                {"method": "test", "teacher": {"name": teacher.name, "path": str(teacher_dir)}})
+    record = {"name": teacher.name, "path": str(teacher_dir.resolve()), "weights_sha256": weights_sha256(teacher.model)}
+    student_dir = save_artifact(folder / "student", student, {"method": "test", "teacher": record})
     return teacher_dir, student_dir

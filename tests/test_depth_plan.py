@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.cli import main
 from vitshrink.compressor import importance
-from vitshrink.compressor.artifact import save_artifact
+from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.errors import BudgetError
 from vitshrink.compressor.flops import block_macs_of, count_macs, num_tokens
 from vitshrink.compressor.model_loading import load_model
@@ -125,6 +125,24 @@ def test_one_block_model_on_the_command_line(tmp_path):
     assert isinstance(result.exception, SystemExit)  # a clean exit, not an uncaught exception
     assert "the model has one block; depth pruning needs at least two" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_depth_alone_that_cannot_land_is_refused_in_one_line_before_any_work(tmp_path):
+    """3 blocks of ~33% each: depth alone at -1% would remove a third of the MACs; --depth-blocks 1 says to."""
+    teacher = save_artifact(tmp_path / "teacher", _teacher(depth=3), {"method": "test teacher"})
+    args = ["compress", "--model", str(teacher), "--stages", "depth", "--reduce", "flops=0.01", "--epochs", "0",
+            "--calib-batches", "1", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    line = result.output.strip()
+    assert "\n" not in line and "Traceback" not in line
+    share = block_macs_of(_teacher(depth=3).model.blocks[0], 17) / count_macs(_teacher(depth=3).model)
+    assert f"cannot land within 1 point of flops -1.0%: the nearest block count, 1, removes {share:.1%}" in line
+    assert "use --stages width" in line and "teacher:" not in line  # refused before the teacher is evaluated
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
+    result = CliRunner().invoke(main, [*args, "--depth-blocks", "1", "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    assert len(load_artifact(tmp_path / "one").spec.blocks) == 2
 
 
 @pytest.mark.parametrize("stages", [("width",), ("width", "depth")])

@@ -18,7 +18,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
+import vitshrink
 from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.errors import UnsupportedModelError
 from vitshrink.compressor.families import mlp_hidden
@@ -187,6 +189,32 @@ def test_artifact_reloads_strictly_and_exports_a_validated_onnx(family, tmp_path
     report = export(tmp_path / "a", ExportConfig(out_dir=tmp_path / "onnx", check_batches=(1, 3)))
     assert report.validations and all(v.max_abs_diff < 1e-4 for v in report.validations)
     assert not [m for v in report.validations for m in v.mismatches()]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_wrap_reads_the_arguments_that_rebuild_the_model(family):
+    """What `vitshrink.wrap` records for a model built in memory rebuilds it: every tensor, layer and output."""
+    model = _family(family)
+    loaded = vitshrink.wrap(model)
+    assert loaded.name == FAMILIES[family][0]
+    rebuilt = timm.create_model(loaded.name, pretrained=False, **loaded.model_args).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert [type(m) for m in rebuilt.modules()] == [type(m) for m in model.modules()]
+    x = torch.randn(2, *INPUT)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["beit", "eva02_fused_qkv", "relpos_bias_mlp"])
+def test_compress_takes_each_family_in_memory(family, tmp_path):
+    model = _family(family)
+    data = TensorDataset(torch.randn(32, *INPUT), torch.randint(0, 10, (32,)))
+    loader = DataLoader(data, batch_size=8)
+    before = count_macs(model)
+    student = vitshrink.compress(model, loader, loader, reduce="flops=0.2", epochs=0, out=tmp_path / "s",
+                                 progress=False, log=lambda *a: None)
+    assert type(student) is type(model) and load_artifact(tmp_path / "s").name == FAMILIES[family][0]
+    assert 1 - count_macs(student) / before == pytest.approx(0.2, abs=0.01)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -134,7 +135,7 @@ min = "0.3"
     message = str(e.value)
     assert "4 bad gates" in message
     assert "unknown keys ['mx']" in message and "needs metric" in message and "give min, max" in message
-    assert "must be numbers" in message
+    assert "min = '0.3' must be a finite number" in message
     with pytest.raises(GateConfigError, match="not valid TOML"):
         parse_gate_config("[[gate]\n")
     with pytest.raises(GateConfigError, match="no gates"):
@@ -199,3 +200,85 @@ def test_gate_command_reports_a_bad_bench_file_in_one_line(tmp_path):
     assert result.exit_code == 1
     assert "Error:" in result.output and "schema 99" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None, float("inf"), "0.3"])
+def test_a_value_that_is_not_a_finite_number_fails_its_gate_by_name(tmp_path, bad):
+    path, gates = _write(tmp_path, {**METRICS, "speedup/torch-cpu:fp32/b32": 1.3, "top1_drop": bad,
+                                    "flops_reduction": bad})
+    gates.write_text(GATES + '[[gate]]\nmetric = "flops_reduction"\nmin = 0.25\nrequired = false\n')
+    result = CliRunner().invoke(gate_command, [str(path), "--gates", str(gates)], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    shown = json.dumps(bad)  # NaN, null, Infinity, "0.3": as bench.json holds it
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 3, result.output  # optional or not: the measurement is broken
+    assert all(f"the value {shown} is not a finite number" in line for line in failed)
+    assert {line.split()[1] for line in failed} == {"top1_drop", "flops_reduction"}
+    assert "3 of 5 gates failed" in result.output
+
+
+def test_a_baseline_value_that_is_not_a_finite_number_is_not_evaluated():
+    baseline = {"fingerprint": "machine-a", "metrics": {"speedup/ort-cpu:fp32/b32": float("nan"), "top1_drop": None}}
+    results = by_metric(evaluate_gates(bench(METRICS), parse_gate_config(BASELINE_GATES), baseline))
+    speed, drop = results["speedup/ort-cpu:fp32/b32"], results["top1_drop"]
+    assert speed.status == "not evaluated" and speed.failed and "holds NaN for it" in speed.detail
+    assert drop.status == "not evaluated" and drop.failed
+
+
+@pytest.mark.parametrize("line, named", [
+    ('required = "false"', "required = 'false' must be true or false"),
+    ("required = 0", "required = 0 must be true or false"),
+    ("min = nan", "min = nan must be a finite number"),
+    ("max = inf", "max = inf must be a finite number"),
+    ("min = true", "min = True must be a finite number"),
+    ("baseline_rel = [0.1]", "baseline_rel = [0.1] must be a finite number"),
+    ("note = 3", "note = 3 must be a string"),
+])
+def test_gate_file_fields_of_the_wrong_type_are_refused_by_name(line, named):
+    with pytest.raises(GateConfigError) as e:
+        parse_gate_config(f'[[gate]]\nmetric = "top1_drop"\n{line}\n')
+    assert f"gate #1 (top1_drop): {named}" in str(e.value)
+
+
+def test_a_gate_entry_that_is_not_a_table_is_refused():
+    with pytest.raises(GateConfigError, match=r"gate #1: 'top1_drop' is not a table"):
+        parse_gate_config('gate = ["top1_drop"]\n')
+
+
+def _timed_bench(pairs: int) -> dict:
+    """A bench dict with one speedup row from `pairs` timing rounds (the student twice as fast, +-10%)."""
+    from vitshrink.benchmarks.metrics import derive_metrics
+    from vitshrink.benchmarks.results import SpeedupRow
+    from vitshrink.benchmarks.stats import speedup
+
+    noise = 1 + 0.1 * np.sin(np.arange(pairs))
+    row = SpeedupRow("ort-cpu:fp32", 1, speedup(0.010 * noise, 0.005 * noise[::-1]), flops_ratio=2.0).to_dict()
+    data = {"schema": SCHEMA, "environment": {"fingerprint": "machine-a"}, "speedup": [row]}
+    return {**data, "metrics": derive_metrics(data)}
+
+
+CI_GATE = '[[gate]]\nmetric = "speedup_ci_low/ort-cpu:fp32/b1"\nmin = 1.0\n'
+
+
+def test_a_speedup_interval_from_too_few_rounds_is_not_evaluated():
+    from vitshrink.benchmarks.report import speedup_rows
+    from vitshrink.benchmarks.stats import MIN_CI_ROUNDS
+
+    one = _timed_bench(1)
+    assert one["speedup"][0]["ci_low"] == one["speedup"][0]["ci_high"]  # a zero-width "interval"
+    assert "speedup_ci_low/ort-cpu:fp32/b1" not in one["metrics"]
+    [result] = evaluate_gates(one, parse_gate_config(CI_GATE))
+    assert result.status == "not evaluated" and result.failed
+    assert f"needs at least {MIN_CI_ROUNDS} timing rounds and this run has 1" in result.detail
+    assert speedup_rows(one)[1][0][3] == f"- (< {MIN_CI_ROUNDS} rounds)"
+
+    # a bench.json whose metrics hold the zero-width interval's low end is caught from its rows
+    stale = {**one, "metrics": {**one["metrics"], "speedup_ci_low/ort-cpu:fp32/b1": one["speedup"][0]["ci_low"]}}
+    [result] = evaluate_gates(stale, parse_gate_config(CI_GATE))
+    assert result.status == "not evaluated" and result.failed
+    [result] = evaluate_gates(stale, parse_gate_config(CI_GATE + "required = false\n"))
+    assert result.status == "skipped" and not result.failed
+
+    enough = _timed_bench(MIN_CI_ROUNDS)
+    [result] = evaluate_gates(enough, parse_gate_config(CI_GATE))
+    assert result.status == "pass" and result.value == enough["speedup"][0]["ci_low"] > 1.0

@@ -6,19 +6,23 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import re
 import statistics
 import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from timm.layers import SwiGLUPacked
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from tests.fake_tensorrt import fake_tensorrt
 from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
 from vitshrink.benchmarks.latency_profile import (
     DEPTH_FIT_MODELS,
+    architecture_of,
     fit_plans,
+    fit_plans_for,
     fit_table,
     monotone,
     profile,
@@ -29,9 +33,10 @@ from vitshrink.compressor import knapsack
 from vitshrink.compressor.artifact import load_artifact, save_artifact
 from vitshrink.compressor.errors import BudgetError, UnreadableFileError
 from vitshrink.compressor.importance import Scores
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid
+from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid, mlp_widths_of
 from vitshrink.compressor.model_loading import load_model
 from vitshrink.compressor.planner import model_cost, model_costs, plan_units
+from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 # ---------------------------------------------------------------------------------------------- knapsack
 
@@ -148,6 +153,7 @@ def test_a_table_for_another_architecture_is_refused():
 
 
 @pytest.mark.parametrize("content, message", [("{", "not JSON"), ('{"format": "x"}', "not a vitshrink latency table"),
+                                              ("[1, 2]", "not a vitshrink latency table \\(a JSON list, expected an object"),
                                               ('{"format": "vitshrink-latency-table/2"}', "damaged"),
                                               ('{"format": "vitshrink-latency-table/1"}', "another version of vitshrink")])
 def test_a_bad_table_file_is_one_clear_error(tmp_path, content, message):
@@ -169,6 +175,39 @@ def test_an_invalid_table_is_refused(tmp_path, change, message):
     (tmp_path / "t.json").write_text(json.dumps(data))
     with pytest.raises(UnreadableFileError, match=message):
         LatencyTable.load(tmp_path / "t.json")
+
+
+# the timm create_model arguments a DINOv2-style model changes, and the architecture field that names each
+OTHER_GRAPHS = [
+    ({"mlp_layer": SwiGLUPacked, "mlp_ratio": 8}, "architecture.mlp: table 'Mlp', wanted 'GluMlp'"),
+    ({"mlp_layer": SwiGLUPacked, "mlp_ratio": 8}, "architecture.mlp_ratio: table 4.0, wanted 8.0"),
+    ({"init_values": 1e-5}, "architecture.layer_scale: table False, wanted True"),
+    ({"qk_norm": True}, "architecture.qk_norm: table None, wanted 'LayerNorm'"),
+    ({"qkv_bias": False}, "architecture.qkv_bias: table True, wanted False"),
+    ({"act_layer": "gelu_tanh"}, "architecture.mlp_act: table 'GELU', wanted 'GELUTanh'"),
+]
+
+
+@pytest.mark.parametrize("args, named", OTHER_GRAPHS)
+def test_a_table_for_a_model_of_another_graph_is_refused_naming_the_field(args, named):
+    """Same widths, tokens and depth (a SwiGLU MLP of ratio 8 has the plain one's 256 neurons), another graph."""
+    table = dataclasses.replace(_staircase_table(), key=table_key(tiny_vit(), "ort-cpu", 1, 1))
+    other = tiny_vit(**args)
+    assert architecture_of(other)["mlp_hidden"] == table.key.architecture["mlp_hidden"]
+    with pytest.raises(BudgetError, match=re.escape(named)):
+        table.check_for(architecture_of(other))
+    table.check_for(architecture_of(tiny_vit()))  # the model it was made for
+
+
+def test_a_table_without_the_fields_of_this_version_is_refused_saying_to_profile_again():
+    old_fields = ("model", "block", "img_size", "patch_size", "embed_dim", "num_heads", "head_dim", "mlp_hidden",
+                  "tokens", "prefix_tokens", "global_pool", "num_classes", "depth")
+    key = table_key(tiny_vit(), "ort-cpu", 1, 1)
+    old = dataclasses.replace(_staircase_table(), key=dataclasses.replace(
+        key, architecture={k: v for k, v in key.architecture.items() if k in old_fields}))
+    with pytest.raises(BudgetError, match=r"architecture.mlp: not in the table \(made by an older vitshrink\).*"
+                                          r"profile this target with `vitshrink profile`"):
+        old.check_for(architecture_of(tiny_vit()))
 
 
 def test_a_table_on_a_coarser_grid_than_the_plan_is_refused():
@@ -306,6 +345,18 @@ def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(mo
     else:
         assert table.fit.models == 9 and table.fit.left_out_error is None
         assert not any("left out" in line for line in logs)
+
+
+def test_fit_plans_of_a_pruned_model_keep_each_block_within_its_own_widths():
+    shapes = [(2, 264), (6, 1536), (1, 100)]
+    plans = fit_plans_for(shapes, round_to=8, count=6)
+    assert len(plans) == 6 + DEPTH_FIT_MODELS
+    assert plans[0].keep_neurons == {i: tuple(range(m)) for i, (_, m) in enumerate(shapes)}  # whole MLPs, one head
+    assert plans[1].keep_heads == {i: tuple(range(h)) for i, (h, _) in enumerate(shapes)}  # every head
+    for plan in plans:
+        for i, (h, m) in enumerate(shapes):
+            assert 1 <= len(plan.keep_heads[i]) <= h and len(plan.keep_neurons[i]) in mlp_grid(m, 8)[1:]
+    assert fit_plans_for([(4, 256)], round_to=8, count=3)[3:] == []  # one block: none with fewer blocks
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 8])
@@ -447,13 +498,40 @@ def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, 
     assert calls["profile_count"] == 7  # the teacher, the stem, 3 models of random widths and 2 of fewer blocks
 
 
-def test_profile_refuses_blocks_it_cannot_time():
+# families whose blocks the profiler does not cut (BEiT's block class is also named `Block`)
+UNPROFILED = {
+    "beit": ("beit_base_patch16_224", "Beit with ['timm.models.beit.Block']"),
+    "eva02": ("eva02_tiny_patch14_224", "Eva with ['timm.models.eva.EvaBlock']"),
+    "relpos": ("vit_relpos_base_patch16_224", "VisionTransformerRelPos with ['timm.models.vision_transformer_relpos."),
+}
+
+
+def _unprofiled(family: str):
     import timm
 
-    model = timm.create_model("vit_relpos_base_patch16_224", pretrained=False, img_size=16, patch_size=4,
-                              embed_dim=64, depth=2, num_heads=4, num_classes=10)
-    with pytest.raises(BenchError, match="plain `Block`s.*ResPostRelPosBlock|plain `Block`s.*RelPosBlock"):
-        table_key(model, "ort-cpu", 1, 1)
+    return timm.create_model(UNPROFILED[family][0], pretrained=False, **{**TINY_ARGS, "depth": 2})
+
+
+@pytest.mark.parametrize("family", UNPROFILED)
+def test_profile_refuses_blocks_it_cannot_time_naming_their_class(family):
+    with pytest.raises(BenchError, match=r"plain `Block`s; this model is " + re.escape(UNPROFILED[family][1])):
+        table_key(_unprofiled(family), "ort-cpu", 1, 1)
+    with pytest.raises(BenchError, match="use --reduce flops"):
+        architecture_of(_unprofiled(family))  # what a given table is checked against: the same refusal
+
+
+@pytest.mark.parametrize("family", ["beit", "eva02"])
+def test_profile_and_a_latency_budget_on_other_families_are_one_clear_error(family, tmp_path):
+    loaded = load_model(UNPROFILED[family][0], model_args={**TINY_ARGS, "depth": 2, "pretrained_cfg_overlay": TINY_CFG})
+    teacher = save_artifact(tmp_path / "teacher", loaded, {"method": "test teacher"})
+    result = _run("profile", "--model", teacher, "--threads", "1", "--out", tmp_path / "t.json", "--no-progress")
+    assert result.exit_code == 1 and UNPROFILED[family][1] in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t.json").exists()
+    _staircase_table(table_key(tiny_vit(), "ort-cpu", 1, 1)).save(tmp_path / "lut.json")
+    result = _run("compress", "--model", teacher, "--reduce", "latency=0.3", "--latency-table", tmp_path / "lut.json",
+                  "--epochs", "0", "--out", tmp_path / "s", "--no-progress")
+    assert result.exit_code == 1 and UNPROFILED[family][1] in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.work").exists()
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -467,6 +545,60 @@ def _run(*args):
 def tiny_teacher_dir(tmp_path):
     loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "pretrained_cfg_overlay": TINY_CFG})
     return save_artifact(tmp_path / "teacher", loaded, {"method": "test teacher"})
+
+
+def _fake_clock(monkeypatch) -> _LinearClock:
+    """The profiler's clock replaced by `_LinearClock` (no timing: fast and exact)."""
+    from vitshrink.benchmarks import latency_profile
+
+    fake = _LinearClock(set())
+    monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: fake.cost(m))
+    monkeypatch.setattr(latency_profile._Clock, "reference", lambda clock, m, x, deployed=False: _FakeReference(m))
+    monkeypatch.setattr(latency_profile._Clock, "ratio", lambda clock, m, x, ref, deployed=False, repeats=None,
+                        seconds=None: fake.ratio(m, ref, deployed, repeats))
+    return fake
+
+
+def test_a_pruned_artifact_is_profiled_and_compressed_further_on_its_table(tmp_path, monkeypatch):
+    """Widths differ per block: the table covers the most heads and every width a plan can keep in any block."""
+    shapes = [(2, 264), (4, 256), (3, 100)]
+    plan = PrunePlan(keep_heads={i: tuple(range(h)) for i, (h, _) in enumerate(shapes)},
+                     keep_neurons={i: tuple(range(m)) for i, (_, m) in enumerate(shapes)})
+    teacher = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "mlp_ratio": 264 / 64,
+                                                              "pretrained_cfg_overlay": TINY_CFG})
+    spec = apply_plan(teacher.model, teacher.spec, plan)
+    pruned = save_artifact(tmp_path / "pruned", dataclasses.replace(teacher, spec=spec), {"method": "test"})
+    _fake_clock(monkeypatch)
+    result = _run("profile", "--model", pruned, "--threads", "1", "--round-to", "32", "--fit-models", "3",
+                  "--out", tmp_path / "lut.json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    table = LatencyTable.load(tmp_path / "lut.json")
+    assert table.key.architecture["widths"] == [list(s) for s in shapes]
+    assert len(table.attention) == 5 and table.mlp_widths == tuple(mlp_widths_of([264, 256, 100], 32))
+    assert {96, 100, 256, 264} <= set(table.mlp_widths)  # each block's own grid (264 -> 256, 100 -> 96, ...)
+    assert len(table.fit.points) == 1 + 3 + 2  # the teacher, 3 of reduced width, 2 of them with fewer blocks
+
+    out = tmp_path / "student"
+    result = _run("compress", "--model", pruned, "--reduce", "latency=0.2", "--latency-table", tmp_path / "lut.json",
+                  "--round-to", "32", "--epochs", "0", "--calib-batches", "2", "--no-latency-check", "--out", out,
+                  "--no-progress")
+    assert result.exit_code == 0, result.output
+    student = load_artifact(out)
+    predicted = student.compression["latency"]["predicted_ms"]
+    assert predicted["teacher"] == pytest.approx(table.predict(shapes))
+    assert 0.2 <= 1 - predicted["student"] / predicted["teacher"] <= 0.21 + 1e-9
+    assert all(b.num_heads <= h and b.mlp_hidden <= m for b, (h, m) in zip(student.spec.blocks, shapes, strict=True))
+
+
+def test_a_one_block_vit_is_profiled_without_models_of_fewer_blocks(tmp_path, monkeypatch):
+    loaded = load_model("vit_tiny_patch16_224", model_args={**TINY_ARGS, "depth": 1, "pretrained_cfg_overlay": TINY_CFG})
+    teacher = save_artifact(tmp_path / "teacher", loaded, {"method": "test teacher"})
+    _fake_clock(monkeypatch)
+    result = _run("profile", "--model", teacher, "--threads", "1", "--round-to", "64", "--fit-models", "3",
+                  "--out", tmp_path / "lut.json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    points = LatencyTable.load(tmp_path / "lut.json").fit.points
+    assert [int(p[0]) for p in points] == [2, 2, 2, 2]  # the teacher and 3 of reduced width: every one keeps its block
 
 
 def test_profile_then_compress_on_the_table_then_bench_shows_predicted_vs_realised(tiny_teacher_dir, tmp_path):
@@ -541,6 +673,21 @@ def test_compress_refuses_a_table_made_for_other_threads_and_writes_nothing(tiny
     assert result.exit_code == 1
     assert "threads: table 4, wanted 1" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_compress_refuses_a_plain_mlp_table_for_a_swiglu_teacher_naming_the_field(tmp_path):
+    """A DINOv2-style teacher (SwiGLU, mlp_ratio 8: the plain MLP's 256 neurons) on a plain ViT's table."""
+    loaded = load_model("vit_giant_patch14_dinov2", model_args={**TINY_ARGS, "mlp_ratio": 8,
+                                                                 "pretrained_cfg_overlay": TINY_CFG})
+    teacher = save_artifact(tmp_path / "teacher", loaded, {"method": "test teacher"})
+    _staircase_table(table_key(tiny_vit(), "ort-cpu", 1, 1)).save(tmp_path / "lut.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for table, named in (("lut.json", "architecture.mlp: table 'Mlp', wanted 'GluMlp'"),
+                         ("list.json", "list.json is not a vitshrink latency table (a JSON list, expected an object)")):
+        result = _run("compress", "--model", teacher, "--reduce", "latency=0.3", "--latency-table", tmp_path / table,
+                      "--round-to", "32", "--epochs", "0", "--out", tmp_path / "s", "--no-progress")
+        assert result.exit_code == 1 and named in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "s").exists() and not (tmp_path / "s.work").exists()
 
 
 def test_latency_options_with_a_flops_budget_are_refused(tiny_teacher_dir, tmp_path):

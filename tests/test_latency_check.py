@@ -207,3 +207,46 @@ def test_the_experiment_plans_as_compress_does_with_the_check(tmp_path):
     unchecked, predicted_alone, none, _ = latency_cut(model, scores, table, 0.3, 32, check=False)
     assert none == [] and 0.3 <= predicted_alone <= 0.31 + 1e-9
     assert (plan == unchecked) == (kept[0].aim == pytest.approx(0.3))
+
+
+def test_a_resumed_stage_keeps_how_its_plan_was_timed_and_chosen(teacher_and_table, tmp_path):
+    """An interrupted stage resumed with its written plan still records the checks, the choice and the measured
+    reduction the plan was made with (bench reports them)."""
+    teacher, table = teacher_and_table
+    out = tmp_path / "student"
+    assert _compress(teacher, table, out).exit_code == 0
+    first = load_artifact(out).compression
+    assert first["stages"][0]["latency_checks"] and first["stages"][0]["plan_choices"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "student.work" / "stage1-width" / "artifact")  # interrupted before the stage finished
+    result = _compress(teacher, table, out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming with the plan in" in result.output and "latency check: plan for" not in result.output
+    again = load_artifact(out).compression
+    for field in ("latency_checks", "plan_choices", "plan"):
+        assert again["stages"][0][field] == first["stages"][0][field], field
+    assert again["latency"]["checked_reduction"] == first["latency"]["checked_reduction"]
+
+
+def test_a_run_without_the_check_repeats_exactly_and_a_checked_run_says_it_may_not(teacher_and_table, tmp_path):
+    """--no-latency-check on a given table: two runs write the same student. A checked plan is recorded as not
+    repeatable, and its plan.json given back with --plan repeats it."""
+    from vitshrink.compressor.resume import weights_sha256
+
+    teacher, table = teacher_and_table
+    students = []
+    for name in ("a", "b"):
+        assert _compress(teacher, table, tmp_path / name, "--no-latency-check").exit_code == 0
+        students.append(load_artifact(tmp_path / name))
+    assert weights_sha256(students[0].model) == weights_sha256(students[1].model)
+    assert students[0].compression["repeatable"] is True
+
+    assert _compress(teacher, table, tmp_path / "checked").exit_code == 0
+    checked = load_artifact(tmp_path / "checked")
+    assert checked.compression["repeatable"] is False and "--plan" in checked.compression["repeatable_note"]
+    plan = tmp_path / "checked.work" / "stage1-width" / "plan.json"
+    again = _run("compress", "--model", teacher, "--plan", plan, "--epochs", "0", "--calib-batches", "2",
+                 "--out", tmp_path / "replayed", "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert weights_sha256(load_artifact(tmp_path / "replayed").model) == weights_sha256(checked.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_plan_refusals_are_one_line_and_write_nothing(teacher_dir, tmp_path):
     out = tmp_path / "s"
     result = _run("compress", "--model", teacher_dir, "--plan", bad, "--epochs", "0", "--out", out, "--no-progress")
     assert result.exit_code != 0 and "--plan does not fit this model: block 7 does not exist" in result.output
-    assert not out.exists()
+    assert not out.exists() and not out.with_name(out.name + ".work").exists()
 
     result = _run("compress", "--model", teacher_dir, "--plan", bad, "--reduce", "flops=0.2", "--out", out)
     assert result.exit_code == 2 and "--reduce would be ignored" in result.output
@@ -88,3 +89,62 @@ def test_plan_refusals_are_one_line_and_write_nothing(teacher_dir, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"keep_heads": {}}))
     result = _run("compress", "--model", teacher_dir, "--plan", tmp_path / "other.json", "--out", out)
     assert result.exit_code == 2 and "is not a vitshrink plan" in result.output
+
+
+def _plan_file(path, plan, model: dict | None = None) -> None:
+    record = {"format": "vitshrink-plan", "version": 1, "model": model or {"heads": [4] * 3, "mlp_hidden": [256] * 3},
+              "plan": plan}
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("plan, message", [
+    (None, "plan is None, not an object"),
+    ({"keep_heads": {"0": [0.7, 1.2]}}, "keep_heads of block 0 holds 0.7, not a whole-number index"),
+    ({"keep_neurons": {"1": [0, "1"]}}, "keep_neurons of block 1 holds '1', not a whole-number index"),
+    ({"keep_heads": {"0": "012"}}, "keep_heads of block 0 is '012', not a list"),
+    ({"keep_heads": {"0.5": [0]}}, "keep_heads has block '0.5', not a whole-number index"),
+    ({"keep_heads": None}, "keep_heads is None, not an object"),
+    ({"drop_blocks": [1.0]}, "drop_blocks holds 1.0, not a whole-number index"),
+    ({"drop_blocks": [True]}, "drop_blocks holds True, not a whole-number index"),
+])
+def test_a_malformed_plan_file_is_refused_naming_the_value_not_truncated(tmp_path, plan, message):
+    _plan_file(tmp_path / "plan.json", plan)
+    with pytest.raises(BudgetError, match=re.escape(message)):
+        read_plan(tmp_path / "plan.json")
+
+
+@pytest.mark.parametrize("model", [{"heads": [4, 4]}, {"heads": [4, 4, 4], "mlp_hidden": [256, 256]},
+                                   {"heads": [4.5, 4, 4], "mlp_hidden": [256] * 3}, "vit_tiny"])
+def test_a_plan_file_without_the_shape_of_its_model_is_refused(tmp_path, model):
+    _plan_file(tmp_path / "plan.json", {"keep_heads": {"0": [0]}}, model)
+    with pytest.raises(BudgetError, match='"model" must give the heads and MLP width of every block'):
+        read_plan(tmp_path / "plan.json")
+
+
+def test_a_plan_made_for_another_model_shape_is_refused(tmp_path):
+    plan = PrunePlan(keep_heads={0: (0, 1, 2)})  # indices that exist in both models
+    six_heads = {"heads": [6, 6, 6], "mlp_hidden": [768, 768, 768]}
+    check_plan(plan, tiny_vit(), made_for={"heads": [4, 4, 4], "mlp_hidden": [256, 256, 256]})
+    with pytest.raises(BudgetError, match=re.escape("was made for a model of 3 blocks with heads [6, 6, 6] and MLP "
+                                                    "widths [768, 768, 768], but this model has 3 blocks with heads "
+                                                    "[4, 4, 4] and MLP widths [256, 256, 256]")):
+        check_plan(plan, tiny_vit(), made_for=six_heads)
+
+
+def test_compress_refuses_a_plan_made_for_another_model_and_writes_nothing(teacher_dir, tmp_path):
+    other = tmp_path / "six-heads.json"
+    write_plan(other, PrunePlan(keep_heads={0: (0, 1, 2)}, keep_neurons={1: tuple(range(128))}),
+               tiny_vit(embed_dim=96, num_heads=6, mlp_ratio=8.0))
+    out = tmp_path / "s"
+    result = _run("compress", "--model", teacher_dir, "--plan", other, "--epochs", "0", "--out", out, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert ("--plan was made for a model of 3 blocks with heads [6, 6, 6] and MLP widths [768, 768, 768], but this "
+            "model has 3 blocks with heads [4, 4, 4]") in result.output
+    assert not out.exists() and not out.with_name(out.name + ".work").exists()
+
+    record = json.loads(other.read_text())
+    record["plan"]["keep_heads"]["0"] = [0.7, 1.2]
+    (tmp_path / "float.json").write_text(json.dumps(record))
+    result = _run("compress", "--model", teacher_dir, "--plan", tmp_path / "float.json", "--out", out)
+    assert result.exit_code == 2 and "keep_heads of block 0 holds 0.7, not a whole-number index" in result.output
+    assert not out.exists() and not out.with_name(out.name + ".work").exists()

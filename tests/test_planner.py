@@ -188,6 +188,40 @@ def test_split_refusals():
         split_budget(_costs((10.0,) * 4), Budget("flops", 0.3), width=False, depth=True, depth_blocks=4)
 
 
+def test_depth_alone_lands_within_a_point_or_is_refused_before_any_work():
+    costs = _costs((12.0,) * 8)  # fixed 5: a block is 11.9% of the total
+    for reduction in np.linspace(0.01, 0.95, 95):
+        try:
+            split = split_budget(costs, Budget("flops", reduction), width=False, depth=True)
+        except BudgetError as e:
+            assert "cannot land within 1 point" in str(e)
+            assert all(abs(k * 12.0 / costs.total - reduction) > 0.01 for k in range(1, 8)), reduction
+            continue
+        assert abs(split.depth_blocks * 12.0 / costs.total - reduction) <= 0.01, reduction
+    message = (r"--stages depth cannot land within 1 point of flops -1.0%: the nearest block count, 1, removes "
+               r"11.9% of the teacher's flops; use --stages width or width,depth, --reduce flops=0.119 (1 block), or "
+               r"--depth-blocks N")
+    with pytest.raises(BudgetError, match=re.escape(message)):
+        split_budget(costs, Budget("flops", 0.01), width=False, depth=True)
+    with pytest.raises(BudgetError, match=re.escape("--reduce flops=0.238 (2 blocks) or flops=0.356 (3 blocks)")):
+        split_budget(costs, Budget("flops", 0.3), width=False, depth=True)
+    for suggested, blocks in ((0.119, 1), (0.238, 2), (0.356, 3)):
+        assert split_budget(costs, Budget("flops", suggested), width=False, depth=True).depth_blocks == blocks
+    # an explicit count is the user's choice, landing or not
+    assert split_budget(costs, Budget("flops", 0.01), width=False, depth=True, depth_blocks=1).depth_blocks == 1
+
+
+def test_depth_alone_on_unequal_blocks_takes_a_count_that_can_land():
+    """Which blocks go is known only after scoring: a count is taken when some choice of that many lands."""
+    costs = _costs((10.0, 20.0, 5.0, 15.0, 30.0, 8.0, 12.0, 25.0))
+    for reduction in (0.1, 0.3, 0.5):
+        k = split_budget(costs, Budget("flops", reduction), width=False, depth=True).depth_blocks
+        ordered = sorted(costs.blocks)
+        assert sum(ordered[:k]) / costs.total - 0.01 <= reduction <= sum(ordered[-k:]) / costs.total + 0.01
+    with pytest.raises(BudgetError, match=re.escape("the nearest block count, 1, removes 3.8% to 23.1%")):
+        split_budget(costs, Budget("flops", 0.01), width=False, depth=True)
+
+
 def test_blocks_are_chosen_by_score_among_those_that_fit():
     costs = (10.0, 30.0, 10.0, 10.0)
     scores = np.array([0.5, 0.1, 0.9, 0.3])

@@ -91,3 +91,57 @@ def test_compress_takes_reduce_or_a_config_not_both(tmp_path):
         vitshrink.compress(tiny_vit(depth=2), data, data, reduce="flops=0.2", out=tmp_path / "s",
                            config=CompressConfig(budget=Budget("flops", 0.2)))
     assert not (tmp_path / "s").exists()
+
+
+class _Samples(torch.utils.data.Dataset):
+    """32 random 16x16 images with labels, each sample in the shape `kind` names."""
+
+    def __init__(self, kind: str):
+        generator = torch.Generator().manual_seed(0)
+        self.kind = kind
+        self.images, self.labels = torch.randn(32, 3, 16, 16, generator=generator), torch.randint(0, 10, (32,))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x, y = self.images[i], self.labels[i]
+        return {"triple": (x, y, i), "image_label": {"image": x, "label": y, "id": i},
+                "pixel_values_labels": {"pixel_values": x, "labels": y}, "bare": x,
+                "other_keys": {"img": x, "target": y}}[self.kind]
+
+
+@pytest.mark.parametrize("kind", ["triple", "image_label", "pixel_values_labels"])
+def test_compress_and_score_read_triples_and_dict_batches(kind, tmp_path):
+    model = tiny_vit(depth=2)
+    before = count_macs(model)
+    loader = DataLoader(_Samples(kind), batch_size=8)
+    scores = vitshrink.score(model, loader, batches=2)
+    assert len(scores.heads) == 2
+    student = vitshrink.compress(model, loader, loader, reduce="flops=0.2", epochs=1, out=tmp_path / "s",
+                                 progress=False, log=lambda *a: None)
+    assert 1 - count_macs(student) / before == pytest.approx(0.2, abs=0.01)
+    assert vitshrink.load_artifact(tmp_path / "s").compression["stages"][0]["history"]  # trained on them
+
+
+@pytest.mark.parametrize("kind, named", [
+    ("bare", "train_loader.dataset[0] is a tensor of shape (3, 16, 16)"),
+    ("other_keys", "train_loader.dataset[0] is a dict with keys ['img', 'target']"),
+])
+def test_compress_refuses_samples_of_another_shape_saying_what_is_expected(kind, named, tmp_path):
+    loader = DataLoader(_Samples(kind), batch_size=8)
+    good = DataLoader(_Samples("triple"), batch_size=8)
+    expected = "expected an (image, label, ...) tuple or list, or a dict with the image under 'image' or 'pixel_values'"
+    with pytest.raises(vitshrink.VitShrinkError, match=re.escape(named) + ".*" + re.escape(expected)):
+        vitshrink.compress(tiny_vit(depth=2), loader, good, out=tmp_path / "s", progress=False, log=lambda *a: None)
+    with pytest.raises(vitshrink.VitShrinkError, match=re.escape("a batch of eval_loader is")):
+        vitshrink.compress(tiny_vit(depth=2), good, loader, out=tmp_path / "s", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.work").exists()
+
+
+def test_compress_refuses_latency_settings_with_a_flops_budget(tmp_path):
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))), batch_size=4)
+    with pytest.raises(vitshrink.VitShrinkError, match=r"latency= applies to a latency budget.*not flops=0.2"):
+        vitshrink.compress(tiny_vit(depth=2), data, data, reduce="flops=0.2", out=tmp_path / "s",
+                           latency=vitshrink.LatencyTarget(target="ort-cpu"), progress=False)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.work").exists()

@@ -167,3 +167,29 @@ def test_train_set_uses_the_named_augmentation():
     s = _digits_splits(augment="rrc")
     assert isinstance(s.train, Subset) and v2.RandomResizedCrop in _types(s.train.dataset.transform)
     assert s.augment == "rrc (no flip)" and _digits_splits().augment == "affine"
+
+
+@pytest.mark.parametrize("fraction", ["0.9999", "0.9997"])
+def test_fraction_that_leaves_no_training_image_is_one_clear_line(fraction, trained_digits, tmp_path):
+    """round(0.9999 * 1437) = 1437: nothing left to train or score on; refused before anything is written."""
+    from vitshrink.compressor.artifact import save_artifact
+
+    teacher = save_artifact(tmp_path / "teacher", trained_digits, {"method": "test teacher"})
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["compress", "--model", str(teacher), "--val-split", fraction, "--epochs", "0",
+                                       "--calib-batches", "1", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "1437" in lines[0] and fraction in lines[0] and "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "o.work").exists()
+
+
+def test_fraction_that_leaves_no_training_image_is_refused_from_python():
+    with pytest.raises(DataError, match="leaves none"):
+        split_train(1437, 0.9999, seed=0)
+    assert len(split_train(1437, 0.999, seed=0).train) == 1  # round(1435.6) = 1436 held out: one image left
+
+
+def test_an_empty_training_split_is_refused():
+    with pytest.raises(DataError, match="no images"):
+        split_train(0, None, seed=0)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tests.conftest import tiny_vit
+from vitshrink.compressor.errors import VitShrinkError
 from vitshrink.compressor.train import TrainConfig, train
 
 
@@ -37,3 +39,39 @@ def test_images_per_s_excludes_evaluation(tmp_path):
     train_seconds = 64 / row["images_per_s"]
     assert train_seconds <= row["seconds"] - 1.0 + 0.02, row
     assert result.images_per_s == row["images_per_s"]
+
+
+def test_the_decay_never_rises_above_the_peak():
+    """A peak rate below the floor rate (1e-7 under 1e-6) holds the peak; it never climbs towards the floor."""
+    from vitshrink.compressor.optimizer import build_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    optimizer, scheduler = build_optimizer(model, lr=1e-7, weight_decay=0.0, min_lr=1e-6, warmup_steps=2,
+                                           total_steps=10)
+    rates = []
+    for _ in range(10):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert max(rates) <= 1e-7 * (1 + 1e-9), rates
+
+
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1.0), ("lr", float("nan")), ("weight_decay", -0.1),
+                                          ("warmup_epochs", -1.0)])
+def test_a_rate_that_cannot_train_is_refused_by_the_config(field, value):
+    with pytest.raises(VitShrinkError, match=field.split("_")[0]):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("command", ["compress", "finetune"])
+@pytest.mark.parametrize("args", [["--lr", "0"], ["--lr", "-1"], ["--weight-decay", "-0.1"], ["--warmup-epochs", "-1"]])
+def test_a_rate_that_cannot_train_is_one_line_at_parse_time(command, args, tmp_path):
+    from click.testing import CliRunner
+
+    from vitshrink.cli import main
+
+    extra = ["--model", "vit_tiny_patch16_224"] if command == "finetune" else []
+    result = CliRunner().invoke(main, [command, *extra, *args, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert args[0] in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()

@@ -60,3 +60,20 @@ def test_no_val_split_says_so(digits_teacher, tmp_path):
     rows = report_rows(report)
     assert all(r[5] == "–" for r in rows)
     assert "val: –" in markdown_report(report)
+
+
+def test_keep_best_compares_the_cut_unrounded(digits_teacher, tmp_path, monkeypatch):
+    """The cut is offered to keep-best with the same unrounded metrics every epoch is compared with."""
+    from vitshrink.compressor import pipeline
+
+    seen = {}
+    real_train = pipeline.train
+
+    def spy(model, train_set, val_loader, *args, start_metrics=None, **kw):
+        seen["start"], seen["exact"] = start_metrics, evaluate(model, val_loader)
+        return real_train(model, train_set, val_loader, *args, start_metrics=start_metrics, **kw)
+
+    monkeypatch.setattr(pipeline, "train", spy)
+    _compress(digits_teacher, tmp_path, 100)
+    assert seen["start"]["loss"] == seen["exact"]["loss"] and seen["start"]["top1"] == seen["exact"]["top1"]
+    assert seen["start"]["loss"] != round(seen["exact"]["loss"], 5)  # the exact value has more than 5 decimals

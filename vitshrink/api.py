@@ -15,22 +15,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitshrink.compressor import distributed as ddp
-from vitshrink.compressor.api import (
-    LatencyTarget,
-    compress_and_report,
-    default_work_dir,
-    loader_data,
-    start_run,
-    with_latency_table,
-)
+from vitshrink.compressor.api import LatencyTarget, default_work_dir, loader_data, run_job
 from vitshrink.compressor.artifact import load_artifact
-from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.errors import BudgetError, VitShrinkError
 from vitshrink.compressor.importance import Scores, calibration_batches, score_units
 from vitshrink.compressor.loaded_model import LoadedModel
 from vitshrink.compressor.model_loading import wrap_module
 from vitshrink.compressor.pipeline import DISTILL_LR, CompressConfig
 from vitshrink.compressor.planner import Budget, WidthPlan, model_cost, plan_width
 from vitshrink.compressor.train import TrainConfig
+from vitshrink.compressor.user_data import pair_loader, pair_samples
 
 if TYPE_CHECKING:  # imported when called: `import vitshrink` does not load ONNX or the runtimes
     from vitshrink.benchmarks.api import BenchConfig
@@ -70,7 +64,8 @@ def compress(
 ) -> nn.Module:
     """Prune `model` to a FLOPs/params/latency budget and distill it back; write the artifact to `out`; return the student.
 
-    `train_loader` and `eval_loader` yield (image, label) batches in the model's input format.
+    `train_loader` and `eval_loader` yield (image, label) batches in the model's input format: `(image, label,
+    *rest)` tuples, or dicts with "image" or "pixel_values" and "label" or "labels" (the rest ignored).
     Training re-reads `train_loader.dataset` in its own seeded order, at `train_loader.batch_size`;
     `eval_loader` (the test images) only gives the reported numbers. Choices and per-epoch evaluation use
     `val_loader`, or else a fixed, seeded part of the training dataset held out of training (`val_split`:
@@ -86,15 +81,17 @@ def compress(
     """
     teacher = model if isinstance(model, LoadedModel) else wrap_module(model)
     settings = _compress_config(reduce, epochs, config, train_loader.batch_size)
+    if latency is not None and settings.budget.metric != "latency":
+        raise BudgetError(f"latency= applies to a latency budget (reduce='latency=0.3'), not {settings.budget}: "
+                          "leave it out, or ask for a latency budget")
+    train_loader = pair_samples(train_loader, "train_loader")
+    eval_loader, val_loader = pair_loader(eval_loader, "eval_loader"), pair_loader(val_loader, "val_loader")
     data = loader_data(train_loader, eval_loader, settings, val_loader=val_loader, val_split=val_split,
                        seed=settings.seed)
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    device = ddp.init_from_env()
-    start_run(teacher, work, data.info, resume, log=log)
-    settings = with_latency_table(settings, teacher, latency or LatencyTarget(), progress=progress, log=log)
-    compress_and_report(teacher, data, settings, out, work, resume=resume, device=device, progress=progress,
-                        log=log)
+    run_job(teacher, data, settings, latency or LatencyTarget(), out, work, data_record=data.info, resume=resume,
+            device=ddp.init_from_env(), progress=progress, log=log)
     return load_artifact(out).model
 
 
@@ -142,7 +139,7 @@ def bench(
     """Time the student in `artifact_dir` against its teacher on every backend here; returns a `BenchReport`.
 
     teacher: a model in memory, a folder or timm name, or None for the teacher the artifact records.
-    loader: (image, label) batches for the accuracy rows; none: no accuracy.
+    loader: (image, label) batches for the accuracy rows, in any shape `compress` takes; none: no accuracy.
     backends: e.g. ("torch-cpu", "ort-cpu"); default: every backend this machine runs.
     batch_sizes: default (1, 8, 32).
     out_dir: write bench.json, bench.md and bench.png there (default: nothing written).
@@ -166,14 +163,14 @@ def bench(
         in_memory = teacher
     elif isinstance(teacher, nn.Module):
         in_memory = wrap_module(teacher)
-    return run_bench(chosen, log, teacher=in_memory, loader=loader)
+    return run_bench(chosen, log, teacher=in_memory, loader=pair_loader(loader, "loader"))
 
 
 def score(model: nn.Module, loader: DataLoader, *, criterion: str = "taylor", batches: int = 16,
           seed: int = 0) -> Scores:
     """Importance of every head and MLP neuron of `model`: the loss change without it, on the first
     `batches` batches of `loader` (criteria: taylor, ablation, l1, random)."""
-    return score_units(model, calibration_batches(loader, batches), criterion, seed=seed)
+    return score_units(model, calibration_batches(pair_loader(loader, "loader"), batches), criterion, seed=seed)
 
 
 def plan(model: nn.Module, scores: Scores, reduce: str = DEFAULT_REDUCE, *, min_heads: int = 1,
