@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.exporters.runtime.errors import MeasureError, RuntimeUnavailableError
+
+__all__ = ["BenchError", "CompareError", "GateConfigError", "MeasureError", "RuntimeUnavailableError"]
 
 
-class BenchError(VitShrinkError):
+class BenchError(MeasureError):
     """A benchmark that cannot start or cannot finish (bad option, missing file, failed runtime)."""
-
-
-class RuntimeUnavailableError(BenchError):
-    """A backend that cannot run here: its package, GPU or model file is missing."""
 
 
 class GateConfigError(BenchError):

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from vitshrink.benchmarks.errors import BenchError, GateConfigError
 from vitshrink.benchmarks.metrics import kind_of, unmeasured_metrics
-from vitshrink.compressor.reading import read_json
+from vitshrink.compressor.core.reading import read_json
 
 GATE_SCHEMA = 1
 BASELINE_SCHEMA = 1

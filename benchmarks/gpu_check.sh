@@ -21,7 +21,7 @@ step vitshrink compress --model vit_small_patch16_224 --dataset digits --reduce 
 step vitshrink bench "$OUT/vit-s-30" --teacher vit_small_patch16_224 --backends torch-cuda,ort-cuda \
     --batch-sizes 1,8,32 --no-fvcore --out "$OUT/bench" --no-progress
 for amp in on off; do
-    step python -m benchmarks.experiments.distill_cost --model vit_small_patch16_224 --device cuda --amp "$amp" \
+    step python -m research.distill_cost --model vit_small_patch16_224 --device cuda --amp "$amp" \
         --batch-size 128 --steps 20 --json "$OUT/distill-cost-amp-$amp.json"
 done
 exit $status

@@ -33,7 +33,13 @@ def peak_rss_bytes() -> int:
 
 
 def probe(request: dict) -> dict:
-    from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime, get_runtime
+    from vitshrink.exporters.runtime.backends import (
+        BackendSpec,
+        RuntimeOptions,
+        Subject,
+        build_runtime,
+        get_runtime,
+    )
 
     entry = get_runtime(request["runtime"])
     uses_torch = entry.needs == "model" or entry.device == "cuda"
@@ -42,7 +48,7 @@ def probe(request: dict) -> dict:
 
         torch.set_num_threads(int(request["threads"]))
     if entry.needs == "model":
-        from vitshrink.compressor.model_loading import (
+        from vitshrink.compressor.core.model_loading import (
             load_model,  # timm and torchvision: counted in the baseline
         )
     if entry.needs == "onnx":

@@ -26,7 +26,8 @@ KINDS: dict[str, MetricKind] = {
     "params_reduction": MetricKind("fraction", True, False, "1 - student params / teacher params"),
     "flops_reduction": MetricKind("fraction", True, False, "1 - student MACs / teacher MACs"),
     "flops_ratio": MetricKind("x", True, False, "teacher MACs / student MACs (the speedup FLOPs promise)"),
-    "speedup": MetricKind("x", True, True, "teacher median latency / student median latency, same run"),
+    "speedup": MetricKind("x", True, True, "median over timing rounds of teacher latency / student latency "
+                          "(the two timed alternately, same run)"),
     "speedup_ci_low": MetricKind("x", True, True, "lower end of the speedup's 95% bootstrap interval (none from "
                                  f"fewer than {MIN_CI_ROUNDS} timing rounds)"),
     "realised": MetricKind("fraction", True, True, "speedup / flops_ratio (1.0: every FLOP saved became speed)"),

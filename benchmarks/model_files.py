@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitshrink.compressor.artifact import WEIGHTS_FILE
-from vitshrink.compressor.loaded_model import LoadedModel
+from vitshrink.compressor.core.artifact import WEIGHTS_FILE
+from vitshrink.compressor.core.loaded_model import LoadedModel
 from vitshrink.exporters.layout import ONNX_FILES, engine_file
 
 
@@ -23,8 +23,8 @@ def onnx_file(loaded: LoadedModel, precision: str, work_dir: Path) -> tuple[Path
         return loaded.path / name, "folder"
     out = work_dir / name
     if not out.is_file():
-        from vitshrink.exporters.api import export_loaded
         from vitshrink.exporters.config import ExportConfig
+        from vitshrink.exporters.export_job import export_loaded
 
         target = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}[precision]
         export_loaded(loaded, ExportConfig(target=target, out_dir=work_dir))  # validated against PyTorch

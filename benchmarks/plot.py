@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vitshrink.compressor.atomic import atomic_file
+from vitshrink.compressor.core.atomic import atomic_file
 
 MARKERS = {"teacher": "o", "student": "^"}
 STYLES = {"teacher": "--", "student": "-"}

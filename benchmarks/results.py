@@ -14,7 +14,7 @@ from vitshrink.benchmarks.errors import BenchError
 from vitshrink.benchmarks.memory import MemoryResult
 from vitshrink.benchmarks.metrics import derive_metrics
 from vitshrink.benchmarks.stats import LatencyStats, Speedup
-from vitshrink.compressor.reading import read_json
+from vitshrink.compressor.core.reading import read_json
 
 SCHEMA = 1
 BENCH_JSON = "bench.json"

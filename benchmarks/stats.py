@@ -82,8 +82,8 @@ class Speedup:
     Samples are paired (teacher and student timed back to back in each round), so the ratio is taken
     within each round, where both models met the same machine, and the median of those ratios is
     reported: a neighbour's load that slows one round slows both of its calls and cancels, where the two
-    medians need not come from the same rounds (measured spreads of both: docs/latency.md, "estimator";
-    `benchmarks/experiments/timing_noise.py`).
+    medians need not come from the same rounds (measured spreads of both: docs/benchmarks.md, "Why the
+    median of per-round ratios"; `research/timing_noise.py`).
     The spread: a 95% bootstrap interval of that median (rounds resampled, fixed seed), and the
     interquartile range of the per-round ratios. From fewer than MIN_CI_ROUNDS rounds the interval is
     computed but is no 95% interval: the bench report shows none and gates do not evaluate it.

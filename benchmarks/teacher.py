@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitshrink.benchmarks.errors import BenchError
-from vitshrink.compressor.loaded_model import LoadedModel
-from vitshrink.compressor.resume import weights_sha256
+from vitshrink.compressor.core.loaded_model import LoadedModel
+from vitshrink.compressor.training.resume import weights_sha256
 
 OVERRIDE = "--other-teacher (other_teacher=True in BenchConfig)"
 

@@ -1,4 +1,4 @@
 """Deploy a (compressed) timm ViT: ONNX (FP32/FP16/INT8) and TensorRT, validated against PyTorch.
 
-Entry point: `vitshrink.exporters.api.export(artifact_dir, ExportConfig(...))`; CLI: `vitshrink.exporters.command.export_command`.
+Entry point: `vitshrink.exporters.export_job.export(artifact_dir, ExportConfig(...))`; CLI: `vitshrink.exporters.export_command.export_command`.
 """

@@ -28,7 +28,7 @@ class ExportConfig:
     rtol: float | None = None
     min_agreement: float | None = None  # top-1 agreement with PyTorch, 0..1
     check_batches: tuple[int, ...] = (1, 16)  # batch sizes of the random validation inputs (dynamic batch)
-    dataset: str | None = None  # a vitshrink.compressor.data dataset for validation on real images
+    dataset: str | None = None  # a vitshrink.compressor.data.datasets dataset for validation on real images
     data_dir: Path | None = None  # its folder (not needed for digits)
     limit: int = 256  # images taken from the dataset's eval split
     # TensorRT (target trt)

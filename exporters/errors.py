@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.core.errors import VitShrinkError
 
 
 class ExportError(VitShrinkError):

@@ -12,17 +12,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vitshrink.compressor.atomic import atomic_file
+from vitshrink.compressor.core.atomic import atomic_file
 from vitshrink.exporters.errors import EngineBuildError, TensorRTUnavailableError
 from vitshrink.exporters.io_spec import INPUT_NAME, IOSpec
 from vitshrink.exporters.layout import engine_file, engine_onnx_file
+from vitshrink.exporters.runtime.tensorrt import import_tensorrt
 from vitshrink.exporters.trtexec import EngineProfile
 from vitshrink.exporters.validate import Runner
-
-INSTALL_HINT = (
-    "on a Jetson the tensorrt package comes with JetPack (python3-libnvinfer); on x86 `pip install tensorrt` "
-    "(it downloads from NVIDIA's index). Without it, copy the export folder to the device and run build_engine.sh"
-)
 
 
 @dataclass(frozen=True)
@@ -41,17 +37,6 @@ class EngineBuild:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def import_tensorrt():
-    """The tensorrt module, or an error that says how to get it."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise TensorRTUnavailableError(
-            f"the tensorrt Python package is not installed ({e}); {INSTALL_HINT}"
-        ) from e
-    return tensorrt
 
 
 def cuda_device() -> tuple[str, str]:
@@ -155,6 +140,6 @@ def _attach_timing_cache(config, path: Path):
 
 def engine_runner(engine_path: Path) -> Runner:
     """Run a serialized engine on GPU 0 through the loader `bench` uses (`exporters.sessions.TensorRTEngine`)."""
-    from vitshrink.exporters.sessions import TensorRTEngine
+    from vitshrink.exporters.runtime.sessions import TensorRTEngine
 
     return TensorRTEngine.load(engine_path).predict

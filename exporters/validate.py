@@ -18,7 +18,7 @@ from torch import nn
 
 from vitshrink.exporters.errors import ExportError, ParityError
 from vitshrink.exporters.io_spec import IOSpec
-from vitshrink.exporters.sessions import ort_predict, ort_session
+from vitshrink.exporters.runtime.sessions import ort_predict, ort_session
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, C, H, W) float32 -> (B, num_outputs) logits
 CHUNK = 64  # largest batch sent to a runner with a dynamic batch axis

@@ -9,9 +9,9 @@ import pytest
 import timm
 import torch
 
-from vitshrink.compressor.data import build_dataset, build_loader
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.train import TrainConfig, train
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.data.datasets import build_dataset, build_loader
+from vitshrink.compressor.training.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # The tiny ViT the tests build on (helpers and tests override single fields: `{**TINY_ARGS, "depth": 2}`):
@@ -61,7 +61,7 @@ def digits_eval_loader(trained_digits):
 
 @pytest.fixture(scope="session")
 def digits_calib(trained_digits):
-    from vitshrink.compressor.importance import calibration_batches
+    from vitshrink.compressor.scoring.importance import calibration_batches
 
     ds = build_dataset("digits", None, "train", trained_digits.data_config, limit=256, seed=1)
     return calibration_batches(build_loader(ds, 64), 4)

@@ -8,17 +8,17 @@ import json
 import pytest
 import torch
 
-import vitshrink.compressor.artifact as artifact_module
+import vitshrink.compressor.core.artifact as artifact_module
 from tests.conftest import SHARED, TINY_ARGS
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import (
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import (
     ArtifactError,
     ModelSourceError,
     UnreadableFileError,
     UnsupportedModelError,
 )
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
 
 
 def _pruned(tmp_path):

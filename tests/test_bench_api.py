@@ -8,15 +8,15 @@ import pytest
 from click.testing import CliRunner
 from test_bench_helpers import tiny_pair
 
-from vitshrink.benchmarks.api import BenchConfig, run_bench
-from vitshrink.benchmarks.command import bench_command
-from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
+from vitshrink.benchmarks.bench_command import bench_command
+from vitshrink.benchmarks.bench_job import BenchConfig, run_bench
+from vitshrink.benchmarks.errors import BenchError, MeasureError, RuntimeUnavailableError
 from vitshrink.benchmarks.memory import measure_memory
 from vitshrink.benchmarks.model_files import onnx_file
 from vitshrink.benchmarks.results import BENCH_JSON, BENCH_MD, BENCH_PNG, SCHEMA, read_bench_json
-from vitshrink.benchmarks.timing import TimingPolicy
-from vitshrink.compressor.flops import count_macs, count_params
-from vitshrink.compressor.model_loading import load_model
+from vitshrink.compressor.core.flops import count_macs, count_params
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.exporters.runtime.timing import TimingPolicy
 
 QUICK = TimingPolicy(warmup_iters=1, warmup_s=0.0, min_iters=3, min_time_s=0.0, max_time_s=5.0)
 
@@ -127,7 +127,7 @@ def _cuda() -> bool:
 
 
 def test_config_validation():
-    with pytest.raises(BenchError, match="choose from"):
+    with pytest.raises(MeasureError, match="choose from"):  # the runtime layer names the backends
         BenchConfig(student="x", backends=("ort",))
     with pytest.raises(BenchError, match="batch sizes"):
         BenchConfig(student="x", batch_sizes=(0,))

@@ -11,11 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from tests.conftest import TINY_ARGS, tiny_cfg
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.loaded_model import LoadedModel
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.resume import weights_sha256
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.loaded_model import LoadedModel
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.training.resume import weights_sha256
 
 MODEL_ARGS = {**TINY_ARGS, "img_size": 32, "patch_size": 8, "depth": 2, "pretrained_cfg_overlay": tiny_cfg(32)}
 PLAN = PrunePlan(

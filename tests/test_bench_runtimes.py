@@ -9,9 +9,8 @@ import pytest
 import torch
 from test_bench_helpers import tiny_teacher
 
-from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
 from vitshrink.benchmarks.model_files import onnx_file
-from vitshrink.benchmarks.runtimes import (
+from vitshrink.exporters.runtime.backends import (
     RUNTIMES,
     BackendSpec,
     RuntimeOptions,
@@ -19,10 +18,11 @@ from vitshrink.benchmarks.runtimes import (
     build_runtime,
     host_input,
 )
+from vitshrink.exporters.runtime.errors import MeasureError, RuntimeUnavailableError
 
 
 def test_unknown_backend_lists_the_valid_ones():
-    with pytest.raises(BenchError) as e:
+    with pytest.raises(MeasureError) as e:
         BackendSpec.parse("onnxruntime")
     for name in ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"):
         assert name in str(e.value)
@@ -31,7 +31,7 @@ def test_unknown_backend_lists_the_valid_ones():
 def test_backend_precision_is_checked():
     assert BackendSpec.parse("ort-cpu:int8") == BackendSpec("ort-cpu", "int8")
     assert BackendSpec.parse("tensorrt").precision is None  # the engine's own precision, resolved later
-    with pytest.raises(BenchError, match="fp32"):
+    with pytest.raises(MeasureError, match="fp32"):
         BackendSpec.parse("torch-cpu:int8")
 
 
@@ -68,7 +68,7 @@ def test_ort_int8_runs_the_quantized_graph(tiny_subject):
 
 def test_ort_without_its_onnx_file_says_which_is_missing(tiny_subject):
     subject = Subject("teacher", tiny_subject.input_size, tiny_subject.model, onnx={})
-    with pytest.raises(BenchError, match="fp16 ONNX file of the teacher"):
+    with pytest.raises(MeasureError, match="fp16 ONNX file of the teacher"):
         build_runtime(BackendSpec("ort-cpu", "fp16"), subject, RuntimeOptions(threads=1))
 
 

@@ -12,15 +12,15 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import TINY_ARGS, TINY_CFG
-from vitshrink.benchmarks.api import BenchConfig, run_bench
+from vitshrink.benchmarks.bench_job import BenchConfig, run_bench
 from vitshrink.benchmarks.errors import BenchError
-from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.cli import main
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.loaded_model import LoadedModel
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.resume import weights_sha256
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.loaded_model import LoadedModel
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.training.resume import weights_sha256
+from vitshrink.exporters.runtime.timing import TimingPolicy
 
 QUICK = TimingPolicy(warmup_iters=0, warmup_s=0.0, min_iters=2, min_time_s=0.0, max_time_s=5.0)
 PLAN = PrunePlan(keep_heads={0: (0, 2), 1: (1, 3), 2: (0, 1)}, keep_neurons={})

@@ -6,9 +6,9 @@ from itertools import cycle
 
 import pytest
 
-from vitshrink.benchmarks.errors import BenchError
 from vitshrink.benchmarks.stats import latency_stats
-from vitshrink.benchmarks.timing import Timer, TimingPolicy, measure
+from vitshrink.exporters.runtime.errors import MeasureError
+from vitshrink.exporters.runtime.timing import Timer, TimingPolicy, measure
 
 
 class FakeClock:
@@ -102,10 +102,10 @@ def test_known_durations_flow_into_the_statistics():
 @pytest.mark.parametrize("kw", [{"min_iters": 0}, {"min_iters": 10, "max_iters": 5}, {"max_time_s": 0},
                                 {"warmup_s": -1.0}])
 def test_policy_rejects_bad_limits(kw):
-    with pytest.raises(BenchError):
+    with pytest.raises(MeasureError):
         TimingPolicy(**kw)
 
 
 def test_nothing_to_time():
-    with pytest.raises(BenchError):
+    with pytest.raises(MeasureError):
         measure({}, TimingPolicy())

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from vitshrink.cli import main
 from vitshrink.cli_errors import VitShrinkCommand
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import BudgetError
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import BudgetError
 
 
 @pytest.fixture

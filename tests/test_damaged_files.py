@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 
 from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.cli import main
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.errors import UnreadableFileError
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.reading import read_json, read_safetensors, read_torch_weights
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.errors import UnreadableFileError
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.reading import read_json, read_safetensors, read_torch_weights
 
 
 def _truncate(path, keep: int | None = None) -> None:
@@ -149,7 +149,7 @@ def test_readers_still_read_good_files(tiny, tmp_path):
 
 
 def test_cut_training_checkpoint_says_how_to_start_over(tmp_path):
-    from vitshrink.compressor.checkpoint import load_checkpoint, save_checkpoint
+    from vitshrink.compressor.training.checkpoint import load_checkpoint, save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())

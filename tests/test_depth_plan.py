@@ -13,14 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.cli import main
-from vitshrink.compressor import importance
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import BudgetError
-from vitshrink.compressor.flops import block_macs_of, count_macs, num_tokens
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.pipeline import CompressConfig, CompressData, run_compress
-from vitshrink.compressor.planner import Budget
-from vitshrink.compressor.train import TrainConfig
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import BudgetError
+from vitshrink.compressor.core.flops import block_macs_of, count_macs, num_tokens
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.jobs.pipeline import CompressConfig, CompressData, run_compress
+from vitshrink.compressor.planning.planner import Budget
+from vitshrink.compressor.scoring import importance
+from vitshrink.compressor.training.train import TrainConfig
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0, CompressConfig(Budget("flops", 0.5)).depth_share)
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitshrink.compressor.api import CompressJob, DataOptions, compress
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.data import build_dataset
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.kd_loss import KDWeights, distillation_loss, kd_loss
-from vitshrink.compressor.pipeline import CompressConfig
-from vitshrink.compressor.planner import Budget
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
-from vitshrink.compressor.train import TrainConfig, TrainingInterrupted, train
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import VitShrinkError
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.data.datasets import build_dataset
+from vitshrink.compressor.jobs.compress_job import CompressJob, DataOptions, compress
+from vitshrink.compressor.jobs.pipeline import CompressConfig
+from vitshrink.compressor.planning.planner import Budget
+from vitshrink.compressor.training.kd_loss import KDWeights, distillation_loss, kd_loss
+from vitshrink.compressor.training.train import TrainConfig, TrainingInterrupted, train
 
 
 def test_kd_loss_is_zero_for_identical_logits():
@@ -127,7 +127,7 @@ def _pruned_teacher(digits_teacher, folder):
 
 
 def test_feature_sources_follow_a_pruned_teacher(digits_teacher, tmp_path):
-    from vitshrink.compressor.train import feature_sources_for
+    from vitshrink.compressor.training.train import feature_sources_for
 
     teacher = _pruned_teacher(digits_teacher, tmp_path / "teacher")
     assert [b.source_index for b in teacher.spec.blocks] == [0, 2]

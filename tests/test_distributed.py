@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.importance import calibration_batches, score
-from vitshrink.compressor.train import TrainConfig, TrainingInterrupted, train
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.scoring.importance import calibration_batches, score
+from vitshrink.compressor.training.train import TrainConfig, TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def _resume(rank: int, world: int, out: Path) -> None:
 
 
 def _default_teacher(rank: int, world: int, out: Path) -> None:
-    from vitshrink.compressor import api as compressor_api
+    from vitshrink.compressor.jobs import compress_job as compressor_api
 
     compressor_api.DEFAULT_TEACHER_DIR = out / "digits-teacher"
     compressor_api.DEFAULT_TEACHER_ARGS = {**compressor_api.DEFAULT_TEACHER_ARGS, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -142,7 +142,7 @@ SCENARIOS = {"score": _score, "uneven": _uneven, "one_rank_stops": _one_rank_sto
 
 
 def _scenarios_worker(rank: int, world: int, port: int, folder: str) -> None:
-    # the environment torchrun would give (vitshrink.compressor.distributed reads it)
+    # the environment torchrun would give (vitshrink.compressor.core.distributed reads it)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from test_export_helpers import tiny_artifact
 
-from vitshrink.exporters.command import export_command
+from vitshrink.exporters.export_command import export_command
 from vitshrink.exporters.layout import EXPORT_JSON, ONNX_FILE
 from vitshrink.exporters.onnx_export import export_onnx
 
@@ -53,7 +53,7 @@ def test_export_command_turns_errors_into_one_message(tmp_path, monkeypatch):
             model.head.bias[0] -= 1.0
         export_onnx(model, io, path, **options)
 
-    monkeypatch.setattr("vitshrink.exporters.api.export_onnx", export_wrong_graph)
+    monkeypatch.setattr("vitshrink.exporters.export_job.export_onnx", export_wrong_graph)
     parity = runner.invoke(export_command, [str(folder)])
     assert parity.exit_code == 1 and "does not match the PyTorch model" in parity.output
     assert "random batch 16:" in parity.output and not (folder / ONNX_FILE).exists()

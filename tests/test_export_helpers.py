@@ -1,6 +1,6 @@
 """Tiny pruned ViTs shared by the export tests (no tests in this file).
 
-The models are cut with the real surgery (`vitshrink.compressor.surgery.apply_plan`): uneven heads and MLP
+The models are cut with the real surgery (`vitshrink.compressor.core.surgery.apply_plan`): uneven heads and MLP
 widths per block and a removed block, so an exporter that pads or drops widths shows up in the
 weight counts and the parity numbers. They are then trained for a few steps on a synthetic
 10-class task: a randomly initialised ViT gives nearly the same logits for every input (median
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from tests.conftest import TINY_ARGS, tiny_cfg
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.loaded_model import LoadedModel
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.loaded_model import LoadedModel
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
 
 # the shared tiny ViT at 32x32 (4x4 patches: 65 tokens); embed 64 = 4 heads x 16; depth 3; MLP 256 wide
 MODEL_ARGS = {**TINY_ARGS, "img_size": 32}

@@ -12,9 +12,9 @@ import timm
 import torch
 from test_export_helpers import MODEL_ARGS, PRUNED_WIDTHS, synthetic_images, tiny_artifact, tiny_pruned_vit
 
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.exporters.api import ExportConfig, export
+from vitshrink.compressor.core.errors import VitShrinkError
 from vitshrink.exporters.errors import ExportError, ParityError
+from vitshrink.exporters.export_job import ExportConfig, export
 from vitshrink.exporters.graph_checks import (
     check_graph,
     check_weight_count,
@@ -135,7 +135,7 @@ def test_broken_parity_raises_every_mismatch_and_writes_nothing(tmp_path, monkey
             model.head.bias[3] += 0.01  # the model the graph is made from, not the reference
         real_export(model, io, path, **options)
 
-    monkeypatch.setattr("vitshrink.exporters.api.export_onnx", export_perturbed)
+    monkeypatch.setattr("vitshrink.exporters.export_job.export_onnx", export_perturbed)
     with pytest.raises(ParityError) as caught:
         export(folder, ExportConfig())
 

@@ -16,8 +16,8 @@ from test_export_helpers import tiny_artifact
 
 from tests.fake_tensorrt import fake_tensorrt
 from vitshrink.exporters import tensorrt_build
-from vitshrink.exporters.api import ExportConfig, export
 from vitshrink.exporters.errors import TensorRTUnavailableError
+from vitshrink.exporters.export_job import ExportConfig, export
 from vitshrink.exporters.io_spec import IOSpec
 from vitshrink.exporters.layout import (
     BUILD_SCRIPT,
@@ -27,6 +27,7 @@ from vitshrink.exporters.layout import (
     ONNX_FILE,
     TIMING_CACHE,
 )
+from vitshrink.exporters.runtime.tensorrt import import_tensorrt
 from vitshrink.exporters.trtexec import EngineProfile, build_script, trtexec_args
 from vitshrink.exporters.validate import onnx_runner
 
@@ -127,7 +128,7 @@ def test_build_script_stops_when_trtexec_is_missing(tmp_path):
 
 def test_import_tensorrt_says_how_to_install(no_tensorrt):
     with pytest.raises(TensorRTUnavailableError, match="JetPack .* `pip install tensorrt`"):
-        tensorrt_build.import_tensorrt()
+        import_tensorrt()
 
 
 def test_trt_target_without_tensorrt_writes_onnx_script_and_says_no_engine(tmp_path, no_tensorrt):

@@ -21,15 +21,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import vitshrink
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import UnsupportedModelError
-from vitshrink.compressor.families import mlp_hidden
-from vitshrink.compressor.flops import block_params_of, count_macs, count_macs_fvcore, count_params
-from vitshrink.compressor.gates import gated
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
-from vitshrink.exporters.api import ExportConfig, export
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import UnsupportedModelError
+from vitshrink.compressor.core.families import mlp_hidden
+from vitshrink.compressor.core.flops import block_params_of, count_macs, count_macs_fvcore, count_params
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.structure_gates import gated
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.exporters.export_job import ExportConfig, export
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
 # family -> (timm name, extra model args); every args dict is JSON, so the artifact can rebuild it
@@ -46,7 +46,8 @@ FAMILIES = {
     "eva02_clip_inner_norm": ("eva02_base_patch16_clip_224", {}),  # + a LayerNorm over the heads before proj
 }
 # families with a norm inside the cut width: the kept channels are renormalised among themselves, so the cut
-# equals the zeroed model only approximately (README); the bound below is what the README documents
+# equals the zeroed model only approximately (docs/compress.md, Supported models); the bound below is what
+# docs/compress.md documents
 NORM_IN_CUT_WIDTH = {"eva02_mlp_norm", "eva02_clip_inner_norm"}
 RENORMALISATION_BOUND = 0.25  # max |cut - zeroed| over max |unpruned - zeroed| (measured: about 0.1)
 GLU_VITS = {"swiglu_packed": timm.layers.SwiGLUPacked, "swiglu_separate": timm.layers.SwiGLU}
@@ -134,7 +135,7 @@ def test_cut_equals_zeroed_heads_and_neurons_and_macs_match_fvcore(model_fn, whi
         out = model(x)
     assert (out - unpruned).abs().max() > 1e-3  # the cut removed something that mattered
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
-    if renormalise:  # the approximation the README documents: small next to the removal itself
+    if renormalise:  # the approximation docs/compress.md documents: small next to the removal itself
         gap, removal = (out - zeroed).abs().max(), (unpruned - zeroed).abs().max()
         assert 1e-4 < gap < RENORMALISATION_BOUND * removal
     assert all("forward" not in vars(b.attn) for b in model.blocks)

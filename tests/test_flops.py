@@ -9,9 +9,9 @@ import pytest
 import timm
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.flops import count_macs, count_macs_fvcore
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.flops import count_macs, count_macs_fvcore
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
 
 # ViT-S/16 and ViT-B/16 at 224: 4.6 and 17.6 GMACs (fvcore convention, attention included;
 # timm's published 4.61 / 17.58; Torch-Pruning's readme: 17.59 for ViT-B/16)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from vitshrink.benchmarks.api import gate_bench
-from vitshrink.benchmarks.command import gate_command
+from vitshrink.benchmarks.bench_command import gate_command
+from vitshrink.benchmarks.bench_job import gate_bench
 from vitshrink.benchmarks.errors import GateConfigError
 from vitshrink.benchmarks.gate import (
     DEFAULT_GATES,
@@ -261,7 +261,7 @@ CI_GATE = '[[gate]]\nmetric = "speedup_ci_low/ort-cpu:fp32/b1"\nmin = 1.0\n'
 
 
 def test_a_speedup_interval_from_too_few_rounds_is_not_evaluated():
-    from vitshrink.benchmarks.report import speedup_rows
+    from vitshrink.benchmarks.bench_report import speedup_rows
     from vitshrink.benchmarks.stats import MIN_CI_ROUNDS
 
     one = _timed_bench(1)

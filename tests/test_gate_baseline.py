@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from vitshrink.benchmarks.command import bench_command, gate_command
+from vitshrink.benchmarks.bench_command import bench_command, gate_command
 from vitshrink.benchmarks.gate import (
     DEFAULT_GATES,
     evaluate_gates,

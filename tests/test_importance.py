@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.gates import gated
-from vitshrink.compressor.importance import ScoringLoss, score, score_blocks, score_units
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.errors import VitShrinkError
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.structure_gates import gated
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.scoring.importance import ScoringLoss, score, score_blocks, score_units
 
 
 def test_gates_at_one_change_nothing_and_at_zero_equal_the_cut(digits_teacher):

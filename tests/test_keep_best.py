@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.data import build_dataset
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.evaluate import evaluate
-from vitshrink.compressor.train import TrainConfig, TrainingInterrupted, train
+from vitshrink.compressor.core.errors import VitShrinkError
+from vitshrink.compressor.data.datasets import build_dataset
+from vitshrink.compressor.training.evaluate import evaluate
+from vitshrink.compressor.training.train import TrainConfig, TrainingInterrupted, train
 
 
 def _train_set(teacher):

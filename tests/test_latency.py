@@ -17,26 +17,31 @@ from timm.layers import SwiGLUPacked
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from tests.fake_tensorrt import fake_tensorrt
-from vitshrink.benchmarks.errors import BenchError, RuntimeUnavailableError
-from vitshrink.benchmarks.latency_profile import (
+from vitshrink.benchmarks.errors import RuntimeUnavailableError
+from vitshrink.cli import main
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import BudgetError, UnreadableFileError
+from vitshrink.compressor.core.latency_table import Fit, LatencyTable, TableKey, mlp_grid, mlp_widths_of
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.planning import knapsack
+from vitshrink.compressor.planning.planner import model_cost, model_costs, plan_width
+from vitshrink.compressor.scoring.importance import Scores
+from vitshrink.exporters.runtime.backends import BackendSpec
+from vitshrink.exporters.runtime.errors import MeasureError
+from vitshrink.exporters.runtime.latency_profile import (
     DEPTH_FIT_MODELS,
+    TARGETS,
     architecture_of,
     fit_plans,
     fit_plans_for,
     fit_table,
     monotone,
+    parse_target,
     profile,
     table_key,
+    target_backend,
 )
-from vitshrink.cli import main
-from vitshrink.compressor import knapsack
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import BudgetError, UnreadableFileError
-from vitshrink.compressor.importance import Scores
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey, mlp_grid, mlp_widths_of
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.planner import model_cost, model_costs, plan_units
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
 
 # ---------------------------------------------------------------------------------------------- knapsack
 
@@ -162,6 +167,14 @@ def test_a_bad_table_file_is_one_clear_error(tmp_path, content, message):
         LatencyTable.load(tmp_path / "t.json")
 
 
+def test_a_table_of_an_older_vitshrink_naming_its_target_trt_fp16_loads_as_tensorrt_fp16(tmp_path):
+    old = _staircase_table(_key(target="trt-fp16", precision="fp16"))  # before targets took bench's names
+    (tmp_path / "t.json").write_text(json.dumps(old.to_dict()))
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert table.key.target == "tensorrt:fp16" and table.key.precision == "fp16"
+    table.check_for(table.key.architecture, target="tensorrt:fp16")  # asked for by today's name: the same table
+
+
 @pytest.mark.parametrize("change, message", [
     ({"mlp_ms": (0.0, float("nan"), *([0.1] * 7))}, "finite"),
     ({"attention": (0.1, 0.1, 0.15, 0.2, 0.3)}, "must cost 0"),
@@ -234,7 +247,7 @@ def test_latency_plan_lands_on_the_target_and_is_the_least_loss_plan():
     assert costs.total == pytest.approx(model_cost(model, "latency", table))
     scores = _scores(rng)
     target = 0.3 * costs.total
-    plan = plan_units(costs, scores, target_removed=target, reference_total=costs.total, round_to=32)
+    plan = plan_width(costs, scores, target_removed=target, reference_total=costs.total, round_to=32)
     assert target <= plan.removed <= target + 0.01 * costs.total * (1 + 1e-6)
     kept = list(zip(plan.heads_kept, plan.neurons_kept, strict=True))
     assert costs.total - table.predict(kept) == pytest.approx(plan.removed)
@@ -256,7 +269,7 @@ def test_an_unreachable_latency_target_is_refused():
     model, table = tiny_vit(), _staircase_table()
     costs = model_costs(model, "latency", table)
     with pytest.raises(BudgetError, match="can remove at most"):
-        plan_units(costs, _scores(np.random.default_rng(0)), target_removed=0.9 * costs.total,
+        plan_width(costs, _scores(np.random.default_rng(0)), target_removed=0.9 * costs.total,
                    reference_total=costs.total)
 
 
@@ -322,7 +335,7 @@ class _FakeReference:
 
 @pytest.mark.parametrize("disturbed", [set(), {3}])
 def test_profile_leaves_out_of_the_fit_a_whole_model_the_others_disagree_with(monkeypatch, disturbed):
-    from vitshrink.benchmarks import latency_profile
+    from vitshrink.exporters.runtime import latency_profile
 
     fake = _LinearClock(set(disturbed))
     monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: fake.cost(m))
@@ -379,7 +392,7 @@ def test_fit_plans_start_at_the_corners_where_latency_plans_fall(count):
 def test_a_sub_block_that_times_below_the_call_overhead_is_recorded_at_the_floor(monkeypatch):
     """A tiny part can time as less than the empty call taken off it: recorded as 1% of the full part, never 0
     (a part of no time would let the fit price it at nothing, and the table would be refused)."""
-    from vitshrink.benchmarks import latency_profile
+    from vitshrink.exporters.runtime import latency_profile
 
     fake = _LinearClock(set())
     monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: 100.0)  # the empty call: slower than all
@@ -436,22 +449,43 @@ def test_mlp_grid_follows_the_planner_groups():
 
 
 def test_profile_refuses_an_unknown_target():
-    with pytest.raises(BenchError, match="unknown latency target 'onnx'; choose from ort-cpu.*trt-fp16"):
+    with pytest.raises(MeasureError, match="unknown latency target 'onnx'; choose from ort-cpu.*tensorrt:fp16"):
         table_key(tiny_vit(), "onnx", 1, 1)
+
+
+def test_every_latency_target_is_a_bench_backend_name():
+    """One name per target: `profile --target X` and `bench --backends X` read X with the same parser."""
+    for target in TARGETS:
+        spec = BackendSpec.parse(target)
+        assert parse_target(target) == target and target_backend(target).runtime == spec.runtime
+    assert [target_backend(t).key for t in TARGETS] == ["ort-cpu:fp32", "torch-cpu:fp32", "ort-cuda:fp32",
+                                                        "torch-cuda:fp32", "tensorrt:fp32", "tensorrt:fp16"]
+    assert parse_target("ort-cpu:fp32") == "ort-cpu"  # bench's spelling with the default precision written out
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tensorrt", "latency tables are not measured on tensorrt; choose from .*tensorrt:fp32, tensorrt:fp16"),
+    ("ort-cpu:int8", "latency tables are not measured on ort-cpu:int8"),
+    ("ort-cpu:fp64", "unknown latency target 'ort-cpu:fp64'"),
+])
+def test_a_bench_backend_a_table_cannot_be_measured_on_is_refused(name, message):
+    with pytest.raises(MeasureError, match=message):
+        parse_target(name)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_profile_on_tensorrt_without_it_says_what_is_missing():
-    with pytest.raises(RuntimeUnavailableError, match="latency target trt-fp16 cannot run here: the tensorrt package "
-                                                      "is not installed; profile on the device.*--latency-table"):
-        table_key(tiny_vit(), "trt-fp16", 1, 1)
+    with pytest.raises(RuntimeUnavailableError, match="latency target tensorrt:fp16 cannot run here: the tensorrt "
+                                                      "package is not installed; profile on the device that has "
+                                                      "TensorRT \\(vitshrink profile --target tensorrt:fp16 .*--latency-table"):
+        table_key(tiny_vit(), "tensorrt:fp16", 1, 1)
 
 
 class _OrtAsEngine:
     """Runs a fake "engine" with ONNX Runtime on the ONNX file it was built from (same name, .onnx)."""
 
     def __init__(self, path):
-        from vitshrink.exporters.sessions import io_names, ort_session
+        from vitshrink.exporters.runtime.sessions import io_names, ort_session
 
         onnx_path = path.with_suffix(".onnx")
         self.session = ort_session(onnx_path, threads=1)
@@ -470,8 +504,8 @@ def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, 
     table comes out; the "engines" run on ONNX Runtime, on the CPU. No real TensorRT has built these."""
     import torch
 
-    from vitshrink.benchmarks import latency_profile
-    from vitshrink.exporters.sessions import TensorRTEngine
+    from vitshrink.exporters.runtime import latency_profile
+    from vitshrink.exporters.runtime.sessions import TensorRTEngine
 
     calls: dict = {}
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, calls))
@@ -480,12 +514,12 @@ def test_profile_orchestrates_tensorrt_builds_with_a_fake_tensorrt(monkeypatch, 
     monkeypatch.setattr(latency_profile, "_device_name", lambda target: "Fake Orin")
     monkeypatch.setattr(TensorRTEngine, "load", lambda path, device_id=0: _OrtAsEngine(path))
 
-    table = profile(tiny_vit(), "trt-fp16", batch=2, threads=3, round_to=64, repeats=2, part_repeats=2,
+    table = profile(tiny_vit(), "tensorrt:fp16", batch=2, threads=3, round_to=64, repeats=2, part_repeats=2,
                     min_seconds=0.0, model_seconds=0.0, fit_models=3, progress=False, log=lambda *a: None)
 
     key = table.key
     assert (key.target, key.precision, key.runtime_version, key.threads, key.device) == \
-        ("trt-fp16", "fp16", f"tensorrt {version}", None, "Fake Orin")
+        ("tensorrt:fp16", "fp16", f"tensorrt {version}", None, "Fake Orin")
     assert len(table.attention) == 5 and table.mlp_widths == (0, 64, 128, 192, 256) and \
         table.fit.models == 6 - (table.fit.left_out_error is not None)
     parsed = calls["parsed_files"]  # overhead + reference and 4 head counts + reference and 4 widths + 7 models
@@ -514,9 +548,9 @@ def _unprofiled(family: str):
 
 @pytest.mark.parametrize("family", UNPROFILED)
 def test_profile_refuses_blocks_it_cannot_time_naming_their_class(family):
-    with pytest.raises(BenchError, match=r"plain `Block`s; this model is " + re.escape(UNPROFILED[family][1])):
+    with pytest.raises(MeasureError, match=r"plain `Block`s; this model is " + re.escape(UNPROFILED[family][1])):
         table_key(_unprofiled(family), "ort-cpu", 1, 1)
-    with pytest.raises(BenchError, match="use --reduce flops"):
+    with pytest.raises(MeasureError, match="use --reduce flops"):
         architecture_of(_unprofiled(family))  # what a given table is checked against: the same refusal
 
 
@@ -549,7 +583,7 @@ def tiny_teacher_dir(tmp_path):
 
 def _fake_clock(monkeypatch) -> _LinearClock:
     """The profiler's clock replaced by `_LinearClock` (no timing: fast and exact)."""
-    from vitshrink.benchmarks import latency_profile
+    from vitshrink.exporters.runtime import latency_profile
 
     fake = _LinearClock(set())
     monkeypatch.setattr(latency_profile._Clock, "__call__", lambda clock, m, x: fake.cost(m))
@@ -723,6 +757,18 @@ def test_a_target_whose_runtime_is_missing_is_one_clear_error(tiny_teacher_dir, 
     result = _run("profile", "--model", tiny_teacher_dir, "--target", "torch-cuda", "--out", tmp_path / "t.json")
     assert result.exit_code == 1 and "latency target torch-cuda cannot run here: no CUDA GPU" in result.output
     assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("command", ["profile", "compress"])
+def test_a_target_of_an_older_vitshrink_on_the_command_line_is_one_error_line_naming_the_new_one(
+        command, tiny_teacher_dir, tmp_path):
+    budget = ("--reduce", "latency=0.3") if command == "compress" else ()
+    result = _run(command, "--model", tiny_teacher_dir, *budget, "--target", "trt-fp16", "--out", tmp_path / "t")
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(errors) == 1
+    assert errors[0] == ("Error: Invalid value for '--target': latency target 'trt-fp16' is now written "
+                         "'tensorrt:fp16', as `bench --backends` names it")
+    assert not (tmp_path / "t").exists()
 
 
 def test_an_unreachable_latency_target_exits_1_and_writes_nothing(tiny_teacher_dir, tmp_path):

@@ -10,14 +10,14 @@ from click.testing import CliRunner
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from tests.test_latency import _staircase_table
-from vitshrink.benchmarks.latency_profile import table_key
 from vitshrink.cli import main
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import BudgetError
-from vitshrink.compressor.latency_check import land_on_target
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.plan_file import read_plan, write_plan
-from vitshrink.compressor.surgery import PrunePlan
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import BudgetError
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import PrunePlan
+from vitshrink.compressor.planning.landing import land_on_target
+from vitshrink.compressor.planning.plan_file import read_plan, write_plan
+from vitshrink.exporters.runtime.latency_profile import table_key
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -120,7 +120,7 @@ def test_no_latency_check_with_a_flops_budget_is_refused(teacher_and_table, tmp_
 
 
 def test_bench_shows_what_the_check_measured_beside_the_table_and_the_realised_line():
-    from vitshrink.benchmarks.latency_check import latency_plan_check, latency_plan_lines
+    from vitshrink.benchmarks.latency_plan_check import latency_plan_check, latency_plan_lines
     from vitshrink.benchmarks.results import SpeedupRow
     from vitshrink.benchmarks.stats import Speedup
 
@@ -134,6 +134,15 @@ def test_bench_shows_what_the_check_measured_beside_the_table_and_the_realised_l
                                             "(interleaved with the teacher)")
     unchecked = latency_plan_check({"latency": {**plan, "checked_reduction": None}}, 2, [], [row])
     assert "checked_reduction" not in unchecked and "by the table" not in latency_plan_lines(unchecked)[0]
+
+
+def test_bench_finds_the_tensorrt_row_of_a_student_whose_compression_json_names_trt_fp16():
+    from vitshrink.benchmarks.latency_plan_check import latency_plan_check
+
+    plan = {"target": "trt-fp16", "precision": "fp16", "batch": 8, "threads": None,  # an older vitshrink's record
+            "predicted_ms": {"teacher": 10.0, "student": 7.0}}
+    check = latency_plan_check({"latency": plan}, 2, [], [])
+    assert check["backend"] == "tensorrt:fp16" and "--backends tensorrt:fp16 --batch-sizes 8" in check["note"]
 
 
 def test_a_table_from_another_device_is_not_checked_and_says_why(teacher_and_table, tmp_path):
@@ -194,8 +203,8 @@ def test_a_resume_that_turns_the_check_on_names_the_flag(teacher_and_table, tmp_
 
 
 def test_the_experiment_plans_as_compress_does_with_the_check(tmp_path):
-    """benchmarks/experiments/latency_plan.py times its plans through the same check (results from what lands)."""
-    from vitshrink.benchmarks.experiments.latency_plan import latency_cut, random_scores
+    """research/latency_plan.py times its plans through the check `compress` runs: its results are the shipped code's."""
+    from research.latency_plan import latency_cut, random_scores
 
     model = tiny_vit()
     table = dataclasses.replace(_staircase_table(), key=table_key(model, "ort-cpu", 1, 1))
@@ -232,7 +241,7 @@ def test_a_resumed_stage_keeps_how_its_plan_was_timed_and_chosen(teacher_and_tab
 def test_a_run_without_the_check_repeats_exactly_and_a_checked_run_says_it_may_not(teacher_and_table, tmp_path):
     """--no-latency-check on a given table: two runs write the same student. A checked plan is recorded as not
     repeatable, and its plan.json given back with --plan repeats it."""
-    from vitshrink.compressor.resume import weights_sha256
+    from vitshrink.compressor.training.resume import weights_sha256
 
     teacher, table = teacher_and_table
     students = []

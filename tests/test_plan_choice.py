@@ -11,14 +11,14 @@ from click.testing import CliRunner
 
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from tests.test_latency import _scores
-from vitshrink.benchmarks.latency_profile import table_key
 from vitshrink.cli import main
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.flops import block_macs_of, num_tokens
-from vitshrink.compressor.latency_table import Fit, LatencyTable
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.plan_choice import choose_plan, describe, flops_plan_at, plan_and_choose
-from vitshrink.compressor.planner import TOLERANCE, model_costs, plan_units
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.flops import block_macs_of, num_tokens
+from vitshrink.compressor.core.latency_table import Fit, LatencyTable
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.planning.choice import choose_plan, describe, flops_plan_at, plan_and_choose
+from vitshrink.compressor.planning.planner import TOLERANCE, model_costs, plan_width
+from vitshrink.exporters.runtime.latency_profile import table_key
 
 
 def _fine_table() -> LatencyTable:
@@ -58,7 +58,7 @@ def test_the_flops_plan_at_a_latency_is_the_least_macs_cut_that_reaches_it(reduc
     step = (flops.total - flops.fixed) / 1500
     assert step < 17 * 64 * 8 * 2
     for macs in np.arange(step, flops.total - flops.fixed, step):
-        scan = plan_units(flops, scores, target_removed=macs, reference_total=flops.total, min_heads=min_heads,
+        scan = plan_width(flops, scores, target_removed=macs, reference_total=flops.total, min_heads=min_heads,
                           round_to=round_to, tolerance=None)
         kept_scan = list(zip(scan.heads_kept, scan.neurons_kept, strict=True))
         if latency.total - _fine_table().predict(kept_scan) >= target:
@@ -81,7 +81,7 @@ def test_no_flops_plan_when_its_steps_jump_over_the_window():
 def _plans():
     model, latency, flops = _costs()
     scores = _scores(np.random.default_rng(3))
-    knapsack = plan_units(latency, scores, target_removed=0.3 * latency.total, reference_total=latency.total,
+    knapsack = plan_width(latency, scores, target_removed=0.3 * latency.total, reference_total=latency.total,
                           round_to=8)
     at_same = flops_plan_at(flops, latency, scores, target_removed=0.3 * latency.total, tolerance=TOLERANCE,
                             min_heads=1, round_to=8)
@@ -114,7 +114,7 @@ def test_without_validation_metrics_the_plan_is_the_knapsacks():
     scores = _scores(np.random.default_rng(3))
     plan, choice = plan_and_choose(latency, flops, scores, target_removed=0.3 * latency.total, tolerance=TOLERANCE,
                                    min_heads=1, round_to=8, val_metrics=None)
-    knapsack = plan_units(latency, scores, target_removed=0.3 * latency.total, reference_total=latency.total,
+    knapsack = plan_width(latency, scores, target_removed=0.3 * latency.total, reference_total=latency.total,
                           round_to=8)
     assert choice is None and plan == knapsack
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from tests.conftest import tiny_vit
 from vitshrink.cli import main
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.errors import BudgetError
-from vitshrink.compressor.plan_file import check_plan, read_plan, write_plan
-from vitshrink.compressor.surgery import PrunePlan
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.errors import BudgetError
+from vitshrink.compressor.core.surgery import PrunePlan
+from vitshrink.compressor.planning.plan_file import check_plan, read_plan, write_plan
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ import pytest
 import timm
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.errors import BudgetError
-from vitshrink.compressor.importance import Scores
-from vitshrink.compressor.planner import (
+from vitshrink.compressor.core.errors import BudgetError
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.planning.planner import (
     Budget,
     ModelCosts,
     choose_blocks,
@@ -23,8 +24,7 @@ from vitshrink.compressor.planner import (
     split_budget,
     unit_costs,
 )
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.scoring.importance import Scores
 
 
 def _scores(model, seed=0) -> Scores:
@@ -42,7 +42,7 @@ def _scores(model, seed=0) -> Scores:
 def test_lands_within_one_point_and_cuts_exactly_that(metric, reduction):
     model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=4)
     total = model_cost(model, metric)
-    plan = plan_width(model, _scores(model), metric=metric, target_removed=reduction * total, reference_total=total)
+    plan = plan_width(model_costs(model, metric), _scores(model), target_removed=reduction * total, reference_total=total)
     assert abs(plan.achieved - reduction) < 0.01
     apply_plan(model, ArchSpec.from_model(model), plan.plan)
     assert 1 - model_cost(model, metric) / total == pytest.approx(plan.achieved, abs=1e-9)
@@ -53,7 +53,7 @@ def test_constraints_min_heads_and_round_to():
     total = model_cost(model, "flops")
     scores = _scores(model)
     scores = Scores("s", tuple(h * 1e-6 for h in scores.heads), scores.neurons, scores.blocks)  # heads look useless
-    plan = plan_width(model, scores, metric="flops", target_removed=0.5 * total, reference_total=total,
+    plan = plan_width(model_costs(model, "flops"), scores, target_removed=0.5 * total, reference_total=total,
                       min_heads=2, round_to=64)
     assert min(plan.heads_kept) == 2
     assert all(n % 64 == 0 and n >= 64 for n in plan.neurons_kept)
@@ -63,8 +63,8 @@ def test_pure_and_printable():
     model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=2)
     before = copy.deepcopy(model.state_dict())
     total = model_cost(model, "flops")
-    plan = plan_width(model, _scores(model), metric="flops", target_removed=0.3 * total, reference_total=total)
-    again = plan_width(model, _scores(model), metric="flops", target_removed=0.3 * total, reference_total=total)
+    plan = plan_width(model_costs(model, "flops"), _scores(model), target_removed=0.3 * total, reference_total=total)
+    again = plan_width(model_costs(model, "flops"), _scores(model), target_removed=0.3 * total, reference_total=total)
     assert plan == again
     assert all((before[k] == v).all() for k, v in model.state_dict().items())
     assert "block 1:" in plan.describe()
@@ -76,7 +76,7 @@ def test_cost_aware_ranks_by_loss_per_cost():
     scores = Scores("s", (np.array([10.0, 20, 20, 20, 20, 20]),), (np.full(1536, 0.1),), np.ones(1))
     total = model_cost(model, "flops")
     one_head = unit_costs(model, "flops").head[0]
-    plan = plan_width(model, scores, metric="flops", target_removed=one_head, reference_total=total)
+    plan = plan_width(model_costs(model, "flops"), scores, target_removed=one_head, reference_total=total)
     assert plan.heads_kept == (5,) and plan.neurons_kept == (1536,)
     assert plan.plan.keep_heads[0] == (1, 2, 3, 4, 5)
 
@@ -88,7 +88,7 @@ def test_coarse_units_do_not_overshoot_when_finer_ones_can_land():
                     np.ones(2))
     total = model_cost(model, "flops")
     for target in (0.05, 0.13, 0.27):
-        plan = plan_width(model, scores, metric="flops", target_removed=target * total, reference_total=total)
+        plan = plan_width(model_costs(model, "flops"), scores, target_removed=target * total, reference_total=total)
         assert 0 <= plan.achieved - target <= 0.005, (target, plan.achieved)
 
 
@@ -96,7 +96,7 @@ def test_impossible_budgets_say_why():
     model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=2)
     total = model_cost(model, "flops")
     with pytest.raises(BudgetError, match="at most"):
-        plan_width(model, _scores(model), metric="flops", target_removed=0.99 * total, reference_total=total)
+        plan_width(model_costs(model, "flops"), _scores(model), target_removed=0.99 * total, reference_total=total)
     with pytest.raises(BudgetError, match="in \\(0, 1\\)"):
         Budget.parse("flops=1.5")
     with pytest.raises(BudgetError, match="unknown budget metric"):
@@ -131,24 +131,24 @@ def test_coarse_units_that_cannot_land_within_one_point_say_what_can():
     total = model_cost(model, "flops")
     scores = _scores(model)
     with pytest.raises(BudgetError) as info:
-        plan_width(model, scores, metric="flops", target_removed=0.07 * total, reference_total=total, round_to=128)
+        plan_width(model_costs(model, "flops"), scores, target_removed=0.07 * total, reference_total=total, round_to=128)
     message = str(info.value)
     assert "cannot land within 1 point of flops -7.0%" in message and "a smaller --round-to" in message
     assert "nearest reductions it reaches are 5.8% and 8.7%" in message  # two heads, three heads
     suggested = [float(v) for v in re.findall(r"--reduce flops=([0-9.]+)", message)]
     assert suggested, message
     for reduction in suggested:  # every value it suggests does land
-        plan = plan_width(model, scores, metric="flops", target_removed=reduction * total, reference_total=total,
+        plan = plan_width(model_costs(model, "flops"), scores, target_removed=reduction * total, reference_total=total,
                           round_to=128)
         assert 0 <= plan.achieved - reduction <= 0.01
-    fine = plan_width(model, scores, metric="flops", target_removed=0.07 * total, reference_total=total, round_to=8)
+    fine = plan_width(model_costs(model, "flops"), scores, target_removed=0.07 * total, reference_total=total, round_to=8)
     assert 0 <= fine.achieved - 0.07 <= 0.01
     # 20%: cheapest-first ends at 22.0% (a group and four heads); two groups (20.6%) land
-    coarse = plan_width(model, scores, metric="flops", target_removed=0.2 * total, reference_total=total,
+    coarse = plan_width(model_costs(model, "flops"), scores, target_removed=0.2 * total, reference_total=total,
                         round_to=128)
     assert 0 <= coarse.achieved - 0.2 <= 0.01 and coarse.neurons_kept == (128, 256, 128)
     # an intermediate step (a later stage completes the budget) may overshoot
-    step = plan_width(model, scores, metric="flops", target_removed=0.07 * total, reference_total=total,
+    step = plan_width(model_costs(model, "flops"), scores, target_removed=0.07 * total, reference_total=total,
                       round_to=128, tolerance=None)
     assert step.achieved - 0.07 > 0.01
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitshrink.compressor.command import compress_command as compress
-from vitshrink.compressor.kd_loss import feature_loss
-from vitshrink.compressor.precision import cpu_flags, native_bf16, resolve_amp
-from vitshrink.compressor.train import TrainConfig
+from vitshrink.compressor.jobs.compress_command import compress_command as compress
+from vitshrink.compressor.training.kd_loss import feature_loss
+from vitshrink.compressor.training.precision import cpu_flags, native_bf16, resolve_amp
+from vitshrink.compressor.training.train import TrainConfig
 
 EPYC_AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma", "sha_ni"}  # e.g. this development machine
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -45,7 +45,7 @@ def test_cli_default_is_auto():
     assert TrainConfig().amp is None
     kw = compress.make_context("compress", []).params
     assert kw["amp"] == "auto"
-    from vitshrink.compressor.command import compress_config
+    from vitshrink.compressor.jobs.compress_command import compress_config
 
     assert compress_config(kw).train.amp is None
     assert compress_config({**kw, "amp": "on"}).train.amp is True

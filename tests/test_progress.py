@@ -10,9 +10,9 @@ from tqdm import tqdm
 
 from tests.conftest import TINY_ARGS, TINY_CFG
 from vitshrink.cli import main
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.progress import LineProgress, progress_bar
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.progress import LineProgress, progress_bar
 
 
 class _Terminal(io.StringIO):

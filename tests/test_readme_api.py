@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vitshrink
 from tests.conftest import tiny_vit
-from vitshrink.compressor.errors import ModelSourceError
-from vitshrink.compressor.flops import count_macs
+from vitshrink.compressor.core.errors import ModelSourceError
+from vitshrink.compressor.core.flops import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +36,9 @@ def test_readme_python_example_runs_as_written(tmp_path):
     check = ("\nimport pathlib\n"
              "assert pathlib.Path('runs/s/model.onnx').is_file() and pathlib.Path('runs/s/export.json').is_file()\n"
              "assert any(r.model == 'student' and r.dataset == 'loader' for r in report.accuracy) and report.speedups\n"
-             "print('MACS', vitshrink.compressor.flops.count_macs(model), vitshrink.compressor.flops.count_macs(student))\n")
+             "print('MACS', vitshrink.compressor.core.flops.count_macs(model), vitshrink.compressor.core.flops.count_macs(student))\n")
     script = tmp_path / "example.py"
-    script.write_text("import vitshrink.compressor.flops\n" + readme_example() + check)
+    script.write_text("import vitshrink.compressor.core.flops\n" + readme_example() + check)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
@@ -83,8 +83,8 @@ def test_wrap_refuses_arguments_that_do_not_rebuild_the_model():
 
 
 def test_compress_takes_reduce_or_a_config_not_both(tmp_path):
-    from vitshrink.compressor.pipeline import CompressConfig
-    from vitshrink.compressor.planner import Budget
+    from vitshrink.compressor.jobs.pipeline import CompressConfig
+    from vitshrink.compressor.planning.planner import Budget
 
     data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))), batch_size=4)
     with pytest.raises(vitshrink.VitShrinkError, match="not both"):
@@ -145,3 +145,33 @@ def test_compress_refuses_latency_settings_with_a_flops_budget(tmp_path):
         vitshrink.compress(tiny_vit(depth=2), data, data, reduce="flops=0.2", out=tmp_path / "s",
                            latency=vitshrink.LatencyTarget(target="ort-cpu"), progress=False)
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.work").exists()
+
+
+def test_plan_takes_a_latency_table_made_for_the_model(tmp_path):
+    """vitshrink.plan plans a latency budget on a table (object or file) and refuses one made for another model."""
+    import numpy as np
+
+    from tests.test_latency import _staircase_table
+    from vitshrink.exporters.runtime.latency_profile import table_key
+
+    model = tiny_vit()
+    scores = vitshrink.score(model, DataLoader(TensorDataset(torch.randn(32, 3, 16, 16),
+                                                             torch.randint(0, 10, (32,))), batch_size=16), batches=1)
+    table = dataclasses.replace(_staircase_table(), key=table_key(model, "ort-cpu", 1, 1))
+    table.save(tmp_path / "lut.json")
+    for given in (table, tmp_path / "lut.json", str(tmp_path / "lut.json")):
+        planned = vitshrink.plan(model, scores, "latency=0.3", round_to=32, latency_table=given)
+        kept = [(len(planned.plan.keep_heads.get(i, range(4))), 256) for i in range(3)]
+        assert np.isfinite(table.predict(kept)) and planned.removed > 0
+    with pytest.raises(vitshrink.VitShrinkError, match="latency_table"):
+        vitshrink.plan(model, scores, "latency=0.3")
+    with pytest.raises(vitshrink.VitShrinkError, match="applies to a latency budget"):
+        vitshrink.plan(model, scores, "flops=0.3", latency_table=table)
+    with pytest.raises(vitshrink.VitShrinkError, match="num_heads|heads"):
+        vitshrink.plan(tiny_vit(embed_dim=96, num_heads=6), scores, "latency=0.3", round_to=32, latency_table=table)
+
+
+def test_the_config_objects_are_public():
+    for name in ("CompressConfig", "TrainConfig", "ExportConfig", "BenchConfig"):
+        assert name in vitshrink.__all__ and isinstance(getattr(vitshrink, name), type)
+    assert vitshrink.CompressConfig(budget=vitshrink.compressor.planning.planner.Budget.parse("flops=0.3")).round_to == 8

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from tests.conftest import SHARED
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.data import build_dataset, build_loader
-from vitshrink.compressor.evaluate import evaluate
-from vitshrink.compressor.flops import count_macs
-from vitshrink.compressor.importance import calibration_batches, score
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.planner import model_cost, plan_width
-from vitshrink.compressor.surgery import apply_plan
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.flops import count_macs
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.surgery import apply_plan
+from vitshrink.compressor.data.datasets import build_dataset, build_loader
+from vitshrink.compressor.planning.planner import model_cost, model_costs, plan_width
+from vitshrink.compressor.scoring.importance import calibration_batches, score
+from vitshrink.compressor.training.evaluate import evaluate
 
 TEACHER = SHARED / "models" / "cifar10-vit"
 CIFAR = SHARED / "datasets" / "cifar10"
@@ -33,7 +33,7 @@ def test_taylor_width_cut_keeps_the_teacher_accuracy(tmp_path):
     calib_set = build_dataset("imagefolder", CIFAR, "train", teacher.data_config, limit=256, seed=1)
     scores = score(teacher.model, calibration_batches(build_loader(calib_set, 64), 4), "taylor")
     total = model_cost(teacher.model, "flops")
-    plan = plan_width(teacher.model, scores, metric="flops", target_removed=0.3 * total, reference_total=total)
+    plan = plan_width(model_costs(teacher.model, "flops"), scores, target_removed=0.3 * total, reference_total=total)
     spec = apply_plan(teacher.model, teacher.spec, plan.plan)
     assert abs(1 - count_macs(teacher.model) / total - 0.3) < 0.01
     after = evaluate(teacher.model, eval_loader)

@@ -21,13 +21,13 @@ import pytest
 import torch
 
 from tests.conftest import SHARED
-from vitshrink.compressor.api import _datasets
-from vitshrink.compressor.command import _data_options, compress_config
-from vitshrink.compressor.command import compress_command as compress
-from vitshrink.compressor.data import build_loader
-from vitshrink.compressor.evaluate import predict_logits
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.train import train
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.data.datasets import build_loader
+from vitshrink.compressor.jobs.compress_command import _data_options, compress_config
+from vitshrink.compressor.jobs.compress_command import compress_command as compress
+from vitshrink.compressor.jobs.compress_job import _datasets
+from vitshrink.compressor.training.evaluate import predict_logits
+from vitshrink.compressor.training.train import train
 
 TEACHER = SHARED / "models" / "cifar10-vit"
 CIFAR = SHARED / "datasets" / "cifar10"

@@ -1,6 +1,6 @@
 """`--resume` refuses a work folder or checkpoint that another run made, and names what differs.
 
-(vitshrink.compressor.resume is imported inside the tests that use it, so the first test also runs, and fails,
+(vitshrink.compressor.training.resume is imported inside the tests that use it, so the first test also runs, and fails,
 on code without it.)
 """
 
@@ -14,12 +14,12 @@ import re
 import pytest
 import torch
 
-from vitshrink.compressor.api import CompressJob, DataOptions, compress
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.pipeline import CompressConfig
-from vitshrink.compressor.planner import Budget
-from vitshrink.compressor.train import TrainConfig
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.errors import VitShrinkError
+from vitshrink.compressor.jobs.compress_job import CompressJob, DataOptions, compress
+from vitshrink.compressor.jobs.pipeline import CompressConfig
+from vitshrink.compressor.planning.planner import Budget
+from vitshrink.compressor.training.train import TrainConfig
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -68,7 +68,7 @@ def test_resume_refuses_another_teachers_or_other_datas_stages(teachers, tmp_pat
 
 
 def test_starting_over_clears_the_earlier_run_so_a_later_resume_cannot_mix(teachers, tmp_path):
-    from vitshrink.compressor.resume import start_work_dir
+    from vitshrink.compressor.training.resume import start_work_dir
 
     a, b = teachers
     compress(_job(a, tmp_path), log=_quiet)
@@ -84,7 +84,7 @@ def test_starting_over_clears_the_earlier_run_so_a_later_resume_cannot_mix(teach
 
 
 def test_a_work_folder_without_a_run_record_is_not_resumed(tmp_path):
-    from vitshrink.compressor.resume import start_work_dir
+    from vitshrink.compressor.training.resume import start_work_dir
 
     (tmp_path / "stage1-width").mkdir()
     with pytest.raises(VitShrinkError, match="has no run.json .*rerun without --resume"):
@@ -94,7 +94,7 @@ def test_a_work_folder_without_a_run_record_is_not_resumed(tmp_path):
 
 
 def test_the_message_names_each_difference_as_its_option():
-    from vitshrink.compressor.resume import check_same
+    from vitshrink.compressor.training.resume import check_same
 
     recorded = {"budget": "flops=0.3", "stages": ["width", "depth"], "train": {"amp": False, "lr": 1e-4},
                 "calib_batch_size": 64, "data": {"train_limit": None}}
@@ -112,7 +112,7 @@ def test_the_message_names_each_difference_as_its_option():
 
 def test_another_latency_table_is_named_by_its_fingerprint_not_its_timings():
     """A table re-profiled on --resume (the cache was cleared) differs in hundreds of timings: one short line."""
-    from vitshrink.compressor.resume import check_same
+    from vitshrink.compressor.training.resume import check_same
 
     table = {"attention": [0.0, 0.1, 0.2], "mlp_ms": [0.0, *[0.01 * i for i in range(1, 200)]], "fit": {"a": 0.1}}
     remeasured = {**table, "mlp_ms": [t * 1.01 for t in table["mlp_ms"]], "fit": {"a": 0.12}}
@@ -131,7 +131,7 @@ def test_another_latency_table_is_named_by_its_fingerprint_not_its_timings():
 
 
 def test_the_weights_fingerprint_sees_one_changed_value(trained_digits):
-    from vitshrink.compressor.resume import weights_sha256
+    from vitshrink.compressor.training.resume import weights_sha256
 
     model = copy.deepcopy(trained_digits.model)
     before = weights_sha256(model)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from vitshrink.compressor.errors import DataError
-from vitshrink.compressor.sampling import SeededSamples, epoch_shard, samples_per_rank
+from vitshrink.compressor.core.errors import DataError
+from vitshrink.compressor.data.sampling import SeededSamples, epoch_shard, samples_per_rank
 
 
 @pytest.mark.parametrize("n, world", [(2561, 2), (17, 2), (10, 3), (2, 4), (128, 1)])

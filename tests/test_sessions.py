@@ -8,9 +8,9 @@ import pytest
 from test_bench_helpers import tiny_teacher
 
 from vitshrink.benchmarks.model_files import onnx_file
-from vitshrink.benchmarks.runtimes import BackendSpec, RuntimeOptions, Subject, build_runtime
-from vitshrink.exporters import sessions
 from vitshrink.exporters.errors import SessionError
+from vitshrink.exporters.runtime import sessions
+from vitshrink.exporters.runtime.backends import BackendSpec, RuntimeOptions, Subject, build_runtime
 from vitshrink.exporters.validate import onnx_runner
 
 

@@ -13,7 +13,8 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from vitshrink.cli import main
-from vitshrink.compressor.data import (
+from vitshrink.compressor.core.errors import DataError
+from vitshrink.compressor.data.datasets import (
     DigitsDataset,
     auto_augment,
     build_dataset,
@@ -23,7 +24,6 @@ from vitshrink.compressor.data import (
     split_train,
     val_size,
 )
-from vitshrink.compressor.errors import DataError
 
 DIGITS_CFG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 CIFAR_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
@@ -172,7 +172,7 @@ def test_train_set_uses_the_named_augmentation():
 @pytest.mark.parametrize("fraction", ["0.9999", "0.9997"])
 def test_fraction_that_leaves_no_training_image_is_one_clear_line(fraction, trained_digits, tmp_path):
     """round(0.9999 * 1437) = 1437: nothing left to train or score on; refused before anything is written."""
-    from vitshrink.compressor.artifact import save_artifact
+    from vitshrink.compressor.core.artifact import save_artifact
 
     teacher = save_artifact(tmp_path / "teacher", trained_digits, {"method": "test teacher"})
     out = tmp_path / "o"

@@ -10,9 +10,9 @@ import torch
 from timm.layers import GatedMlp
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.errors import BudgetError, UnsupportedModelError
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.errors import BudgetError, UnsupportedModelError
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
 
 CONFIGS = {
     "plain": {},

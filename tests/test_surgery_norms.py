@@ -16,10 +16,10 @@ from torch import nn
 
 from tests.conftest import TINY_ARGS
 from vitshrink.cli import main
-from vitshrink.compressor.errors import UnsupportedModelError
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.supported_models import check_supported
-from vitshrink.compressor.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
+from vitshrink.compressor.core.errors import UnsupportedModelError
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.core.supported_models import check_supported
+from vitshrink.compressor.core.surgery import PrunePlan, apply_plan, prune_attention, prune_mlp
 
 NORMS = {
     "layernorm_no_weights": partial(nn.LayerNorm, elementwise_affine=False),

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tests.conftest import tiny_vit
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.train import TrainConfig, train
+from vitshrink.compressor.core.errors import VitShrinkError
+from vitshrink.compressor.training.train import TrainConfig, train
 
 
 class SlowDataset(Dataset):
@@ -43,7 +43,7 @@ def test_images_per_s_excludes_evaluation(tmp_path):
 
 def test_the_decay_never_rises_above_the_peak():
     """A peak rate below the floor rate (1e-7 under 1e-6) holds the peak; it never climbs towards the floor."""
-    from vitshrink.compressor.optimizer import build_optimizer
+    from vitshrink.compressor.training.optimizer import build_optimizer
 
     model = torch.nn.Linear(4, 4)
     optimizer, scheduler = build_optimizer(model, lr=1e-7, weight_decay=0.0, min_lr=1e-6, warmup_steps=2,

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from vitshrink.compressor.api import DataOptions, build_compress_data
-from vitshrink.compressor.evaluate import evaluate
-from vitshrink.compressor.pipeline import CompressConfig, run_compress
-from vitshrink.compressor.planner import Budget
-from vitshrink.compressor.report import format_table, markdown_report, report_rows
-from vitshrink.compressor.train import TrainConfig
+from vitshrink.compressor.jobs.compress_job import DataOptions, build_compress_data
+from vitshrink.compressor.jobs.compress_report import format_table, markdown_report, report_rows
+from vitshrink.compressor.jobs.pipeline import CompressConfig, run_compress
+from vitshrink.compressor.planning.planner import Budget
+from vitshrink.compressor.training.evaluate import evaluate
+from vitshrink.compressor.training.train import TrainConfig
 
 
 def _compress(teacher, tmp_path, val_split):
@@ -64,7 +64,7 @@ def test_no_val_split_says_so(digits_teacher, tmp_path):
 
 def test_keep_best_compares_the_cut_unrounded(digits_teacher, tmp_path, monkeypatch):
     """The cut is offered to keep-best with the same unrounded metrics every epoch is compared with."""
-    from vitshrink.compressor import pipeline
+    from vitshrink.compressor.jobs import pipeline
 
     seen = {}
     real_train = pipeline.train

@@ -36,19 +36,27 @@ _EXPORTS = {
     "wrap": "vitshrink.api",
     "score": "vitshrink.api",
     "plan": "vitshrink.api",
-    "apply_plan": "vitshrink.compressor.surgery",
-    "distillation_loss": "vitshrink.compressor.kd_loss",
-    "KDWeights": "vitshrink.compressor.kd_loss",
-    "save_artifact": "vitshrink.compressor.artifact",
-    "load_artifact": "vitshrink.compressor.artifact",
-    "VitShrinkError": "vitshrink.compressor.errors",
-    "LatencyTarget": "vitshrink.compressor.api",
-    "LatencyTable": "vitshrink.compressor.latency_table",
+    "apply_plan": "vitshrink.compressor.core.surgery",
+    "distillation_loss": "vitshrink.compressor.training.kd_loss",
+    "KDWeights": "vitshrink.compressor.training.kd_loss",
+    "save_artifact": "vitshrink.compressor.core.artifact",
+    "load_artifact": "vitshrink.compressor.core.artifact",
+    "VitShrinkError": "vitshrink.compressor.core.errors",
+    "LatencyTarget": "vitshrink.compressor.jobs.compress_job",
+    "LatencyTable": "vitshrink.compressor.core.latency_table",
+    "CompressConfig": "vitshrink.compressor.jobs.pipeline",
+    "TrainConfig": "vitshrink.compressor.training.train",
+    "ExportConfig": "vitshrink.exporters.config",
+    "BenchConfig": "vitshrink.benchmarks.bench_job",
 }
 __all__ = [
+    "BenchConfig",
+    "CompressConfig",
+    "ExportConfig",
     "KDWeights",
     "LatencyTable",
     "LatencyTarget",
+    "TrainConfig",
     "VitShrinkError",
     "apply_plan",
     "bench",
@@ -64,10 +72,14 @@ __all__ = [
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from vitshrink.api import bench, compress, export, plan, score, wrap
-    from vitshrink.compressor.artifact import load_artifact, save_artifact
-    from vitshrink.compressor.errors import VitShrinkError
-    from vitshrink.compressor.kd_loss import KDWeights, distillation_loss
-    from vitshrink.compressor.surgery import apply_plan
+    from vitshrink.benchmarks.bench_job import BenchConfig
+    from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+    from vitshrink.compressor.core.errors import VitShrinkError
+    from vitshrink.compressor.core.surgery import apply_plan
+    from vitshrink.compressor.jobs.pipeline import CompressConfig
+    from vitshrink.compressor.training.kd_loss import KDWeights, distillation_loss
+    from vitshrink.compressor.training.train import TrainConfig
+    from vitshrink.exporters.config import ExportConfig
 
 
 def __getattr__(name: str):

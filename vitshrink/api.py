@@ -1,7 +1,7 @@
 """The Python API: a timm ViT in memory and your own DataLoaders in, an artifact folder out.
 
 Thin wrappers: each builds the config object the CLI would build and calls the same library function
-(`vitshrink.compressor.api`, `vitshrink.exporters.api.export`, `vitshrink.benchmarks.api.run_bench`).
+(`vitshrink.compressor.jobs.compress_job`, `vitshrink.exporters.export_job.export`, `vitshrink.benchmarks.bench_job.run_bench`).
 """
 
 from __future__ import annotations
@@ -14,23 +14,25 @@ from typing import TYPE_CHECKING
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vitshrink.compressor import distributed as ddp
-from vitshrink.compressor.api import LatencyTarget, default_work_dir, loader_data, run_job
-from vitshrink.compressor.artifact import load_artifact
-from vitshrink.compressor.errors import BudgetError, VitShrinkError
-from vitshrink.compressor.importance import Scores, calibration_batches, score_units
-from vitshrink.compressor.loaded_model import LoadedModel
-from vitshrink.compressor.model_loading import wrap_module
-from vitshrink.compressor.pipeline import DISTILL_LR, CompressConfig
-from vitshrink.compressor.planner import Budget, WidthPlan, model_cost, plan_width
-from vitshrink.compressor.train import TrainConfig
-from vitshrink.compressor.user_data import pair_loader, pair_samples
+from vitshrink.compressor.core import distributed as ddp
+from vitshrink.compressor.core.artifact import load_artifact
+from vitshrink.compressor.core.errors import BudgetError, VitShrinkError
+from vitshrink.compressor.core.families import mlp_hidden
+from vitshrink.compressor.core.latency_table import LatencyTable
+from vitshrink.compressor.core.loaded_model import LoadedModel
+from vitshrink.compressor.core.model_loading import wrap_module
+from vitshrink.compressor.data.user_data import pair_loader, pair_samples
+from vitshrink.compressor.jobs.compress_job import LatencyTarget, default_work_dir, loader_data, run_job
+from vitshrink.compressor.jobs.pipeline import DISTILL_LR, CompressConfig
+from vitshrink.compressor.planning.planner import Budget, WidthPlan, model_costs, plan_width
+from vitshrink.compressor.scoring.importance import Scores, calibration_batches, score_units
+from vitshrink.compressor.training.train import TrainConfig
 
 if TYPE_CHECKING:  # imported when called: `import vitshrink` does not load ONNX or the runtimes
-    from vitshrink.benchmarks.api import BenchConfig
+    from vitshrink.benchmarks.bench_job import BenchConfig
     from vitshrink.benchmarks.results import BenchReport
     from vitshrink.exporters.config import ExportConfig
-    from vitshrink.exporters.report import ExportReport
+    from vitshrink.exporters.export_report import ExportReport
 
 DEFAULT_REDUCE = "flops=0.3"
 DEFAULT_EPOCHS = 3  # distillation epochs after every cut (the CLI's default off digits)
@@ -40,7 +42,7 @@ def wrap(model: nn.Module, *, name: str | None = None, model_args: dict | None =
     """A timm ViT built in memory, plus what rebuilds it (timm name and create_model arguments).
 
     Both are read off the model when not given, and checked by rebuilding it; see
-    `vitshrink.compressor.model_loading.wrap_module`.
+    `vitshrink.compressor.core.model_loading.wrap_module`.
     """
     return wrap_module(model, name=name, model_args=model_args)
 
@@ -116,8 +118,8 @@ def export(artifact_dir: str | Path, target: str = "onnx", *, out_dir: str | Pat
     config: a `vitshrink.exporters.config.ExportConfig` with the other options (opset, tolerances, TensorRT
         profile, ...); `target` and `out_dir` given here replace its own.
     """
-    from vitshrink.exporters.api import ExportConfig
-    from vitshrink.exporters.api import export as run_export
+    from vitshrink.exporters.export_job import ExportConfig
+    from vitshrink.exporters.export_job import export as run_export
 
     base = config or ExportConfig()
     chosen = dataclasses.replace(base, target=target,
@@ -143,10 +145,10 @@ def bench(
     backends: e.g. ("torch-cpu", "ort-cpu"); default: every backend this machine runs.
     batch_sizes: default (1, 8, 32).
     out_dir: write bench.json, bench.md and bench.png there (default: nothing written).
-    config: a `vitshrink.benchmarks.api.BenchConfig` with the other options (timing policy, memory, threads, ...);
+    config: a `vitshrink.benchmarks.bench_job.BenchConfig` with the other options (timing policy, memory, threads, ...);
         what is given here replaces its own.
     """
-    from vitshrink.benchmarks.api import BenchConfig, run_bench
+    from vitshrink.benchmarks.bench_job import BenchConfig, run_bench
 
     changes: dict = {"student": str(artifact_dir)}
     if isinstance(teacher, (str, Path)):
@@ -174,10 +176,23 @@ def score(model: nn.Module, loader: DataLoader, *, criterion: str = "taylor", ba
 
 
 def plan(model: nn.Module, scores: Scores, reduce: str = DEFAULT_REDUCE, *, min_heads: int = 1,
-         round_to: int = 8) -> WidthPlan:
-    """Which heads and neurons to remove so that `reduce` of the model's FLOPs or params goes (within 1 point);
-    `plan(...).plan` is the `PrunePlan` that `apply_plan` cuts, `.describe()` says what it keeps."""
+         round_to: int = 8, latency_table: LatencyTable | str | Path | None = None) -> WidthPlan:
+    """Which heads and neurons to remove so that `reduce` of the model's FLOPs, params or predicted latency
+    goes (within 1 point); `plan(...).plan` is the `PrunePlan` that `apply_plan` cuts, `.describe()` says what
+    it keeps. A latency budget ("latency=0.3") is planned on `latency_table` (a `LatencyTable` or the file
+    `vitshrink profile --out` wrote), which must have been measured for this model."""
     budget = Budget.parse(reduce)
-    reference = model_cost(model, budget.metric)
-    return plan_width(model, scores, metric=budget.metric, target_removed=budget.reduction * reference,
-                      reference_total=reference, min_heads=min_heads, round_to=round_to)
+    table = LatencyTable.load(latency_table) if isinstance(latency_table, str | Path) else latency_table
+    if budget.metric == "latency" and table is None:
+        raise BudgetError(f"reduce={reduce!r} plans on a latency table: pass latency_table= (a LatencyTable or the "
+                          "file `vitshrink profile --out FILE` wrote)")
+    if table is not None and budget.metric != "latency":
+        raise BudgetError(f"latency_table= applies to a latency budget (reduce='latency=0.3'), not {reduce!r}")
+    if table is not None:
+        from vitshrink.exporters.runtime.latency_profile import architecture_of
+
+        table.check_for(architecture_of(model), "latency_table")
+        table.check_grid([int(mlp_hidden(b.mlp)) for b in model.blocks], round_to, "latency_table")
+    costs = model_costs(model, budget.metric, table)
+    return plan_width(costs, scores, target_removed=budget.reduction * costs.total, reference_total=costs.total,
+                      min_heads=min_heads, round_to=round_to)

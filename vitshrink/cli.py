@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import click
 
-from vitshrink.benchmarks.command import bench_command, gate_command, profile_command
-from vitshrink.compressor.command import compress_command, finetune_command, info_command
-from vitshrink.exporters.command import export_command
+from vitshrink.benchmarks.bench_command import bench_command, gate_command, profile_command
+from vitshrink.compressor.jobs.compress_command import compress_command, finetune_command, info_command
+from vitshrink.exporters.export_command import export_command
 
 COMMANDS = (compress_command, finetune_command, info_command, export_command, bench_command, gate_command,
             profile_command)

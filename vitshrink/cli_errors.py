@@ -6,9 +6,14 @@ a command declared with `cls=VitShrinkCommand` prints it as `Error: <message>`, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
-from vitshrink.compressor.errors import VitShrinkError
+from vitshrink.compressor.core.errors import VitShrinkError
+
+T = TypeVar("T")
 
 
 class VitShrinkCommand(click.Command):
@@ -19,3 +24,18 @@ class VitShrinkCommand(click.Command):
             return super().invoke(ctx)
         except VitShrinkError as e:
             raise click.ClickException(str(e)) from e
+
+
+def parsed_by(parse: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str | None], T | None]:
+    """A click callback that reads an option with the library's own parser, at parse time: its VitShrinkError
+    becomes click's one-line `Invalid value for '--option': <message>`; an option not given stays None."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except VitShrinkError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+
+    return callback

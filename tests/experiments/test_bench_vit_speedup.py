@@ -6,12 +6,12 @@ import copy
 
 import pytest
 
+from research.vit_speedup import VARIANTS, run
 from tests.test_bench_helpers import tiny_teacher
-from vitshrink.benchmarks.experiments.vit_speedup import VARIANTS, run
-from vitshrink.benchmarks.timing import TimingPolicy
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.flops import count_macs
-from vitshrink.compressor.surgery import apply_plan
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.flops import count_macs
+from vitshrink.compressor.core.surgery import apply_plan
+from vitshrink.exporters.runtime.timing import TimingPolicy
 
 
 @pytest.mark.parametrize("name", ["mlp-exact", "mlp-r8", "mlp-r64", "heads4-mlp-r64", "uneven-heads-mlp-r64"])

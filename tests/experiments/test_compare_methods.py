@@ -11,24 +11,24 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import TINY_ARGS, TINY_CFG
-from vitshrink.benchmarks.experiments.compare import SCHEMA, row_path, summarize
-from vitshrink.benchmarks.experiments.compare_methods import main
-from vitshrink.benchmarks.experiments.compare_report import (
+from research.compare import SCHEMA, row_path, summarize
+from research.compare_methods import main
+from research.compare_report import (
     COMPARE_JSON,
     COMPARE_MD,
     COMPARE_PNG,
     summary_rows,
 )
-from vitshrink.benchmarks.experiments.methods import METHODS as METHODS_REGISTRY
-from vitshrink.compressor.artifact import load_artifact, save_artifact
-from vitshrink.compressor.data import build_dataset, build_loader
-from vitshrink.compressor.flops import count_macs
-from vitshrink.compressor.importance import calibration_batches
-from vitshrink.compressor.model_loading import load_model
-from vitshrink.compressor.planner import unit_costs
-from vitshrink.compressor.spec import ArchSpec
-from vitshrink.compressor.train import TrainConfig, train
+from research.methods import METHODS as METHODS_REGISTRY
+from tests.conftest import TINY_ARGS, TINY_CFG
+from vitshrink.compressor.core.artifact import load_artifact, save_artifact
+from vitshrink.compressor.core.flops import count_macs
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.core.spec import ArchSpec
+from vitshrink.compressor.data.datasets import build_dataset, build_loader
+from vitshrink.compressor.planning.planner import unit_costs
+from vitshrink.compressor.scoring.importance import calibration_batches
+from vitshrink.compressor.training.train import TrainConfig, train
 
 METHODS = ("vitshrink", "l1", "random", "width-only", "scratch")
 TARGET = 0.3
@@ -78,7 +78,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick):
     assert data["schema"] == SCHEMA and data["complete"] and [r["method"] for r in data["rows"]] == list(METHODS)
     assert (out / COMPARE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / COMPARE_MD).read_text()
-    assert data["command"].startswith("python -m benchmarks.experiments.compare_methods ") and "--quick" in data["command"]
+    assert data["command"].startswith("python -m research.compare_methods ") and "--quick" in data["command"]
     assert data["command"] in md and all(f"| {m} | 0 |" in md for m in METHODS)
     assert data["environment"]["cpu"] and torch.__version__.startswith(data["environment"]["versions"]["torch"])
     for m in METHODS:  # one line when a method starts and one when it ends
@@ -195,7 +195,7 @@ def _kept(pruned_rows: torch.Tensor, original_rows: torch.Tensor, size: int) -> 
 
 def test_torch_pruning_cut_equals_the_teacher_with_removed_parts_zeroed(teacher, tmp_path):
     pytest.importorskip("torch_pruning", reason="Torch-Pruning is optional: pip install -e '.[experiments]'")
-    from vitshrink.benchmarks.experiments.tp_baseline import tp_prune
+    from research.tp_baseline import tp_prune
 
     calib_set = build_dataset("digits", None, "train", teacher.data_config, limit=128, seed=1)
     calib = calibration_batches(build_loader(calib_set, 64), 2)

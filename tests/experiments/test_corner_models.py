@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 import pytest
 
+from research.corner_models import compare, point_kinds
 from tests.experiments.toy_table import DEPTH, HEADS, HIDDEN, toy_table
-from vitshrink.benchmarks.experiments.corner_models import compare, point_kinds
-from vitshrink.benchmarks.latency_profile import block_sums, fit_plans
-from vitshrink.compressor.latency_table import LatencyTable
+from vitshrink.compressor.core.latency_table import LatencyTable
+from vitshrink.exporters.runtime.latency_profile import block_sums, fit_plans
 
 ROUND_TO = 16
 

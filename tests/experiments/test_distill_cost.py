@@ -6,11 +6,11 @@ import math
 
 import pytest
 
+from research.distill_cost import CostConfig, format_rows, run_cost
 from tests.conftest import TINY_ARGS, TINY_CFG
-from vitshrink.benchmarks.experiments.distill_cost import CostConfig, format_rows, run_cost
-from vitshrink.compressor.artifact import save_artifact
-from vitshrink.compressor.errors import VitShrinkError
-from vitshrink.compressor.model_loading import load_model
+from vitshrink.compressor.core.artifact import save_artifact
+from vitshrink.compressor.core.errors import VitShrinkError
+from vitshrink.compressor.core.model_loading import load_model
 
 
 @pytest.fixture

@@ -6,16 +6,16 @@ import statistics
 
 import pytest
 
-from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
-from vitshrink.benchmarks.experiments import equal_latency
-from vitshrink.benchmarks.experiments.equal_latency import (
+from research import equal_latency
+from research.equal_latency import (
     flops_top1_at_equal_latency,
     retime,
     shaped,
     time_rounds,
 )
-from vitshrink.benchmarks.timing import TimingPolicy
+from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
 from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.runtime.timing import TimingPolicy
 
 QUICK = TimingPolicy(warmup_iters=1, warmup_s=0.0, min_iters=3, min_time_s=0.0, max_time_s=5.0)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from research.fit_rules import compare
 from tests.experiments.toy_table import DEPTH, HEADS, HIDDEN, toy_table
-from vitshrink.benchmarks.experiments.fit_rules import compare
-from vitshrink.benchmarks.latency_profile import block_sums
+from vitshrink.exporters.runtime.latency_profile import block_sums
 
 
 def _ms(blocks: list[tuple[int, int]]) -> float:

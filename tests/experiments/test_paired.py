@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitshrink.benchmarks.experiments.compare import paired
-from vitshrink.benchmarks.experiments.compare_report import paired_rows
-from vitshrink.benchmarks.experiments.paired import (
+from research.compare import paired
+from research.compare_report import paired_rows
+from research.paired import (
     compare_correct,
     mcnemar_exact_p,
     pack_correct,
@@ -77,7 +77,7 @@ def test_paired_table_per_seed_and_pooled():
 
 
 def test_full_test_tables_from_per_image_rows():
-    from vitshrink.benchmarks.experiments.paired_test import table
+    from research.paired_test import table
 
     rng = np.random.default_rng(3)
     ref = rng.random(1000) < 0.6

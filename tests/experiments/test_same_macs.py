@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vitshrink.benchmarks.experiments.same_macs import same_macs
+from research.same_macs import same_macs
 
 
 def test_the_twin_is_the_flops_plan_with_the_nearest_macs():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitshrink.benchmarks.experiments.same_macs_taylor import removed_score
-from vitshrink.compressor.importance import Scores
+from research.same_macs_taylor import removed_score
+from vitshrink.compressor.scoring.importance import Scores
 
 
 def test_removed_score_sums_the_lowest_units_each_block_gives_up():

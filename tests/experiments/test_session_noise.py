@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from research.ort_pair import export_for_ort
+from research.session_noise import a_a, spread
 from tests.conftest import TINY_ARGS, TINY_CFG, tiny_vit
-from vitshrink.benchmarks.experiments.ort_pair import export_for_ort
-from vitshrink.benchmarks.experiments.session_noise import a_a, spread
-from vitshrink.benchmarks.timing import TimingPolicy
 from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.runtime.timing import TimingPolicy
 
 
 def test_spread_of_the_ratios_and_of_their_own_intervals():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from research.uniform_widths import compare, uniform_shapes
 from tests.experiments.toy_table import DEPTH, HEADS, HIDDEN, toy_table
-from vitshrink.benchmarks.experiments.uniform_widths import compare, uniform_shapes
 
 
 def test_uniform_shapes_cut_heads_only_or_mlp_only_in_every_block():

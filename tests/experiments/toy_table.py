@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vitshrink.compressor.latency_table import Fit, LatencyTable, TableKey
+from vitshrink.compressor.core.latency_table import Fit, LatencyTable, TableKey
 
 DEPTH, HEADS, HIDDEN = 4, 4, 64
 

@@ -1,2 +1,0 @@
-"""Research scripts (method comparison, Taylor vs ablation, speed and distillation-cost studies): run from a
-checkout with `python -m benchmarks.experiments.NAME`; not part of the installed package (see README)."""
