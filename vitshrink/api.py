@@ -63,6 +63,7 @@ def compress(
     progress: bool = True,
     log: Callable[[str], None] = print,
     latency: LatencyTarget | None = None,
+    max_drop: float | None = None,
 ) -> nn.Module:
     """Prune `model` to a FLOPs/params/latency budget and distill it back; write the artifact to `out`; return the student.
 
@@ -74,6 +75,9 @@ def compress(
     fraction or image count, 0 for none; default 10%, at most 5,000 images).
 
     reduce: "flops=0.3" (default), "params=0.25" or "latency=0.3": the share of the teacher to remove.
+    max_drop: search the reduction instead (`vitshrink compress --max-drop`): the largest level, up to
+        reduce's fraction (70% for a metric alone, e.g. reduce="latency"), whose distilled student loses at
+        most `max_drop` points of validation top-1.
     latency: for a latency budget, where it is measured (`LatencyTarget(target="ort-cpu", batch=1, threads=2,
         table_file=...)`; default ort-cpu, batch 1, torch's threads, profiled now and cached).
     epochs: distillation epochs after every cut (default 3; 0 = cut only).
@@ -82,7 +86,7 @@ def compress(
     work_dir: checkpoints and stage artifacts (default `<out>.work`); `resume` continues from them.
     """
     teacher = model if isinstance(model, LoadedModel) else wrap_module(model)
-    settings = _compress_config(reduce, epochs, config, train_loader.batch_size)
+    settings = _compress_config(reduce, epochs, config, train_loader.batch_size, max_drop)
     if latency is not None and settings.budget.metric != "latency":
         raise BudgetError(f"latency= applies to a latency budget (reduce='latency=0.3'), not {settings.budget}: "
                           "leave it out, or ask for a latency budget")
@@ -98,15 +102,25 @@ def compress(
 
 
 def _compress_config(reduce: str | None, epochs: int | None, config: CompressConfig | None,
-                     batch_size: int | None) -> CompressConfig:
+                     batch_size: int | None, max_drop: float | None = None) -> CompressConfig:
     if config is not None:
         if reduce is not None or epochs is not None:
             raise VitShrinkError("give reduce= and epochs=, or config=, not both: the config holds its own budget "
                                  "(config.budget) and epochs (config.train.epochs)")
-        return config
+        return config if max_drop is None else dataclasses.replace(config, max_drop=max_drop)
     train = TrainConfig(epochs=DEFAULT_EPOCHS if epochs is None else epochs, batch_size=batch_size or 128,
                         lr=DISTILL_LR)
-    return CompressConfig(budget=Budget.parse(reduce or DEFAULT_REDUCE), train=train)
+    return CompressConfig(budget=_budget(reduce, max_drop), train=train, max_drop=max_drop)
+
+
+def _budget(reduce: str | None, max_drop: float | None) -> Budget:
+    """reduce= as a Budget; with max_drop, a metric alone ("latency", default "flops") is searched up to 70%."""
+    from vitshrink.compressor.jobs.max_drop import DEFAULT_UPPER
+
+    if max_drop is None:
+        return Budget.parse(reduce or DEFAULT_REDUCE)
+    metric = (reduce or "flops").strip().lower()
+    return Budget(metric, DEFAULT_UPPER) if "=" not in metric else Budget.parse(metric)
 
 
 def export(artifact_dir: str | Path, target: str = "onnx", *, out_dir: str | Path | None = None,

@@ -14,7 +14,7 @@ from vitshrink.compressor.core.errors import VitShrinkError
 from vitshrink.compressor.data.datasets import AUGMENTS
 from vitshrink.compressor.jobs.pipeline import CompressConfig
 from vitshrink.compressor.planning.plan_file import read_plan_file
-from vitshrink.compressor.planning.planner import Budget
+from vitshrink.compressor.planning.planner import METRICS, Budget
 from vitshrink.compressor.scoring.importance import CRITERIA
 from vitshrink.compressor.training.kd_loss import KDWeights
 from vitshrink.compressor.training.precision import AMP_CHOICES, amp_option
@@ -26,11 +26,30 @@ from vitshrink.exporters.runtime.latency_profile import parse_target
 DATASET_NAMES = ["digits", "cifar10", "cifar100", "imagefolder", "tiny-imagenet"]
 
 
-def _budget(ctx, param, value: str) -> Budget:
+def _budget(ctx, param, value: str) -> Budget | str:
+    """A Budget, or a metric name alone (`--reduce flops`), which only `--max-drop` takes (what it maximises)."""
+    if value.strip().lower() in METRICS:
+        return value.strip().lower()
     try:
         return Budget.parse(value)
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
+
+
+def _searched_budget(kw: dict) -> Budget:
+    """--reduce as compress uses it: with --max-drop, METRIC alone searches up to DEFAULT_UPPER, METRIC=X up to X
+    (the default --reduce is taken as flops alone)."""
+    from vitshrink.compressor.jobs.max_drop import DEFAULT_UPPER
+
+    budget, source = kw["budget"], click.get_current_context().get_parameter_source("budget")
+    if kw["max_drop"] is None:
+        if isinstance(budget, str):
+            raise click.BadParameter(f"--reduce {budget} names only the metric: give the fraction to remove "
+                                     f"({budget}=0.3), or add --max-drop PTS to search for it", param_hint="--reduce")
+        return budget
+    if isinstance(budget, str):
+        return Budget(budget, DEFAULT_UPPER)
+    return Budget(budget.metric, DEFAULT_UPPER) if source is click.core.ParameterSource.DEFAULT else budget
 
 
 def _model_args(ctx, param, values: tuple[str, ...]) -> dict:
@@ -147,13 +166,13 @@ def compress_config(kw: dict) -> CompressConfig:
     try:
         plan, plan_model = read_plan_file(kw["plan_file"]) if kw.get("plan_file") else (None, None)
         return CompressConfig(
-            budget=kw["budget"], stages=stages, width_steps=kw["width_steps"], depth_share=kw["depth_share"],
+            budget=_searched_budget(kw), stages=stages, width_steps=kw["width_steps"], depth_share=kw["depth_share"],
             depth_blocks=kw["depth_blocks"],
             criterion=kw["criterion"], block_criterion=kw["block_criterion"], scoring_loss=kw["scoring_loss"],
             calib_batches=kw["calib_batches"], min_heads=kw["min_heads"], round_to=kw["round_to"], seed=kw["seed"],
             train=_train_config(kw, 3, kd=KDWeights(kw["alpha"], kw["temperature"], kw["feature_weight"])),
             plan=plan.to_dict() if plan is not None else None, plan_model=plan_model,
-            latency_check=not kw.get("no_latency_check", False),
+            latency_check=not kw.get("no_latency_check", False), max_drop=kw.get("max_drop"),
         )
     except VitShrinkError as e:
         raise click.BadParameter(str(e)) from e
@@ -169,6 +188,12 @@ def compress_config(kw: dict) -> CompressConfig:
 @click.option("--reduce", "budget", default="flops=0.3", show_default=True, callback=_budget,
               help="Total target: fraction of FLOPs (MACs), params or measured latency to remove, e.g. flops=0.3, "
                    "params=0.25 or latency=0.3 (latency: planned on a table measured on --target).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None, metavar="PTS",
+              help="Search the reduction instead of cutting at one: the largest --reduce level (5%, 10%, ... up to "
+                   "--reduce METRIC=X, or 70% with --reduce METRIC alone) whose distilled student loses at most PTS "
+                   "points of validation top-1 against the teacher. Cut-only evaluations of every level, short "
+                   "probe distillations, then the full distillation where it delivers; writes pareto.md and "
+                   "pareto.png beside the artifact. Needs a validation split; not with --plan.")
 @click.option("--target", "latency_target", metavar=f"[{'|'.join(LATENCY_TARGETS)}]", default=None,
               callback=parsed_by(parse_target),
               help="Runtime a latency budget is measured on, named as in bench --backends [default: ort-cpu, or the "
@@ -226,6 +251,11 @@ def compress_command(**kw) -> None:
     from vitshrink.compressor.jobs.compress_job import CompressJob, LatencyTarget
     from vitshrink.compressor.jobs.compress_job import compress as run
 
+    if kw["max_drop"] is not None and kw["plan_file"] is not None:
+        raise click.UsageError("--max-drop searches the reduction and --plan gives one: use one or the other")
+    if kw["max_drop"] is not None and kw["val_split"] == 0:
+        raise click.UsageError("--max-drop bounds the loss of validation top-1: it needs a validation split "
+                               "(leave out --val-split 0)")
     if kw["plan_file"] is not None:
         ctx = click.get_current_context()
         given = [f"--{n.replace('_', '-')}" for n in ("budget", "stages", "width_steps", "depth_share", "depth_blocks")

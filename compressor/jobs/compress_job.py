@@ -173,9 +173,19 @@ def run_job(teacher: LoadedModel, data: CompressData, config: CompressConfig, la
     """What `vitshrink compress` and `vitshrink.compress` share once teacher and data are in hand: the latency
     table, the checks that refuse a budget or plan before anything is written, the work folder, the stages."""
     config = with_latency_table(config, teacher, latency, progress=progress, log=log)
-    check_config(teacher, config)
+    if config.max_drop is not None:
+        if data.val_loader is None:
+            raise BudgetError("--max-drop bounds the loss of validation top-1: it needs a validation split "
+                              "(leave out --val-split 0, or give a count or fraction)")
+    else:
+        check_config(teacher, config)
     # the stages in the work folder belong to this teacher and data; --resume into another run's is refused
     start_run(teacher, work_dir, data_record, resume, log=log)
+    if config.max_drop is not None:
+        from vitshrink.compressor.jobs.max_drop import compress_max_drop
+
+        return compress_max_drop(teacher, data, config, out, work_dir, resume=resume, device=device,
+                                 progress=progress, log=log)
     return compress_and_report(teacher, data, config, out, work_dir, resume=resume, device=device,
                                progress=progress, log=log)
 

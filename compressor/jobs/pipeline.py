@@ -77,6 +77,9 @@ class CompressConfig:
     # a latency plan that makes the whole cut from the teacher is timed on the target (when it runs here) and
     # re-aimed by its miss (compressor/latency_check.py)
     latency_check: bool = True
+    # the largest loss of validation top-1 (points) the delivered student may have: the level is searched
+    # (jobs/max_drop.py) up to budget.reduction instead of cut at it
+    max_drop: float | None = None
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -96,6 +99,11 @@ class CompressConfig:
             raise BudgetError(f"--depth-share must be in [0, 1], got {self.depth_share}")
         if self.plan is not None:
             PrunePlan.from_dict(self.plan)  # malformed: one message now, before any work
+        if self.max_drop is not None and not (isinstance(self.max_drop, int | float) and self.max_drop >= 0):
+            raise BudgetError(f"--max-drop {self.max_drop!r}: give the points of validation top-1 the student may "
+                              "lose, a number >= 0 such as 0.5")
+        if self.max_drop is not None and self.plan is not None:
+            raise BudgetError("--max-drop searches the reduction and --plan gives one: use one or the other")
         if self.latency_table is not None and self.budget.metric != "latency":
             raise BudgetError(f"a latency table is only used by a latency budget (--reduce latency=...), not {self.budget}")
 
@@ -140,8 +148,9 @@ class CompressConfig:
         d["budget"] = str(self.budget)
         d["stages"] = self.stage_sequence
         del d["width_steps"]
-        if self.plan_model is None:
-            del d["plan_model"]
+        for optional in ("plan_model", "max_drop"):  # recorded only when given
+            if d[optional] is None:
+                del d[optional]
         if self.budget.metric != "latency":
             del d["latency_check"]
         return d
