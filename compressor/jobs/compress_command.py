@@ -41,15 +41,15 @@ def _searched_budget(kw: dict) -> Budget:
     (the default --reduce is taken as flops alone)."""
     from vitshrink.compressor.jobs.max_drop import DEFAULT_UPPER
 
-    budget, source = kw["budget"], click.get_current_context().get_parameter_source("budget")
-    if kw["max_drop"] is None:
+    budget = kw["budget"]
+    if kw.get("max_drop") is None:
         if isinstance(budget, str):
             raise click.BadParameter(f"--reduce {budget} names only the metric: give the fraction to remove "
                                      f"({budget}=0.3), or add --max-drop PTS to search for it", param_hint="--reduce")
         return budget
     if isinstance(budget, str):
         return Budget(budget, DEFAULT_UPPER)
-    return Budget(budget.metric, DEFAULT_UPPER) if source is click.core.ParameterSource.DEFAULT else budget
+    return budget if kw.get("reduce_given", True) else Budget(budget.metric, DEFAULT_UPPER)
 
 
 def _model_args(ctx, param, values: tuple[str, ...]) -> dict:
@@ -263,6 +263,8 @@ def compress_command(**kw) -> None:
         if given:
             raise click.UsageError(f"--plan applies a given plan; {', '.join(given).replace('--budget', '--reduce')} "
                                    "would be ignored: leave them out")
+    kw["reduce_given"] = click.get_current_context().get_parameter_source("budget") is not \
+        click.core.ParameterSource.DEFAULT
     config = compress_config(kw)
     latency_given = [f"--{n.replace('_', '-')}" for n in ("latency_target", "batch_size_target", "target_threads",
                                                           "latency_table") if kw[n] is not None]

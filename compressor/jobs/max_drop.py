@@ -36,12 +36,8 @@ def probe_epochs(epochs: int) -> int:
 
 def compress_max_drop(teacher, data: CompressData, config: CompressConfig, out: Path, work_dir: Path, *,
                       resume: bool = False, device: str = "cpu", progress: bool = True, log=print) -> CompressReport:
-    """Search the level (see the module docstring); write the delivered student to `out`; return its report."""
-    if data.val_loader is None:
-        raise BudgetError("--max-drop bounds the loss of validation top-1: it needs a validation split "
-                          "(leave out --val-split 0, or give a count or fraction)")
-    if config.plan is not None:
-        raise BudgetError("--max-drop searches the reduction; --plan gives one: use one or the other")
+    """Search the level (see the module docstring); write the delivered student to `out`; return its report.
+    `run_job` has checked the validation split, and `CompressConfig` that no plan is given."""
     max_drop = config.max_drop / 100
     teacher_val = evaluate(teacher.model.to(device).eval(), data.val_loader, device=device)
     teacher_test = evaluate(teacher.model, data.eval_loader, device=device)
