@@ -115,12 +115,9 @@ def _compress_config(reduce: str | None, epochs: int | None, config: CompressCon
 
 def _budget(reduce: str | None, max_drop: float | None) -> Budget:
     """reduce= as a Budget; with max_drop, a metric alone ("latency", default "flops") is searched up to 70%."""
-    from vitshrink.compressor.jobs.max_drop import DEFAULT_UPPER
+    from vitshrink.compressor.jobs.max_drop import searched_budget
 
-    if max_drop is None:
-        return Budget.parse(reduce or DEFAULT_REDUCE)
-    metric = (reduce or "flops").strip().lower()
-    return Budget(metric, DEFAULT_UPPER) if "=" not in metric else Budget.parse(metric)
+    return Budget.parse(reduce or DEFAULT_REDUCE) if max_drop is None else searched_budget(reduce or "flops")
 
 
 def export(artifact_dir: str | Path, target: str = "onnx", *, out_dir: str | Path | None = None,

@@ -39,7 +39,7 @@ def _budget(ctx, param, value: str) -> Budget | str:
 def _searched_budget(kw: dict) -> Budget:
     """--reduce as compress uses it: with --max-drop, METRIC alone searches up to DEFAULT_UPPER, METRIC=X up to X
     (the default --reduce is taken as flops alone)."""
-    from vitshrink.compressor.jobs.max_drop import DEFAULT_UPPER
+    from vitshrink.compressor.jobs.max_drop import searched_budget
 
     budget = kw["budget"]
     if kw.get("max_drop") is None:
@@ -47,9 +47,9 @@ def _searched_budget(kw: dict) -> Budget:
             raise click.BadParameter(f"--reduce {budget} names only the metric: give the fraction to remove "
                                      f"({budget}=0.3), or add --max-drop PTS to search for it", param_hint="--reduce")
         return budget
-    if isinstance(budget, str):
-        return Budget(budget, DEFAULT_UPPER)
-    return budget if kw.get("reduce_given", True) else Budget(budget.metric, DEFAULT_UPPER)
+    if isinstance(budget, str) or not kw.get("reduce_given", True):
+        return searched_budget(budget if isinstance(budget, str) else budget.metric)
+    return budget
 
 
 def _model_args(ctx, param, values: tuple[str, ...]) -> dict:

@@ -23,11 +23,18 @@ from vitshrink.compressor.core.atomic import atomic_dir
 from vitshrink.compressor.core.errors import BudgetError
 from vitshrink.compressor.jobs.pipeline import CompressConfig, CompressData, CompressReport, run_compress
 from vitshrink.compressor.planning.level_search import SearchResult, level_grid, search_level
+from vitshrink.compressor.planning.planner import Budget
 from vitshrink.compressor.training.evaluate import evaluate
 
 PROBE_SHARE = 0.25  # a probe distils for this share of the epochs (at least one)
 LEVEL_STEP = 0.05  # the levels searched: 5%, 10%, ... up to the --reduce fraction
 DEFAULT_UPPER = 0.7  # the largest level searched when --reduce names only the metric
+
+
+def searched_budget(reduce: str) -> Budget:
+    """What `--max-drop` searches: "latency" (a metric alone) up to DEFAULT_UPPER, "latency=0.5" up to 0.5."""
+    text = reduce.strip().lower()
+    return Budget.parse(text) if "=" in text else Budget(text, DEFAULT_UPPER)
 
 
 def probe_epochs(epochs: int) -> int:
