@@ -94,7 +94,7 @@ def _plans():
 def test_the_lower_validation_loss_is_kept_and_a_tie_keeps_the_knapsack(knapsack_loss, flops_loss, kept):
     knapsack, at_same = _plans()
     losses = {id(knapsack.plan): knapsack_loss, id(at_same.plan): flops_loss}
-    plan, choice = choose_plan(knapsack, at_same, lambda p: {"loss": losses[id(p)], "top1": 0.5}, aim=0.3)
+    plan, choice = choose_plan({"knapsack": knapsack, "flops": at_same}, lambda p: {"loss": losses[id(p)], "top1": 0.5}, aim=0.3)
     assert choice.chosen == kept and plan is {"knapsack": knapsack, "flops": at_same}[kept]
     assert choice.candidates["knapsack"]["val_loss"] == knapsack_loss
     assert choice.candidates["flops"]["val_loss"] == flops_loss
@@ -104,8 +104,9 @@ def test_the_lower_validation_loss_is_kept_and_a_tie_keeps_the_knapsack(knapsack
 
 def test_without_a_flops_plan_the_knapsack_is_kept_and_the_reason_shown():
     knapsack, _ = _plans()
-    plan, choice = choose_plan(knapsack, None, lambda p: {"loss": 1.0, "top1": 0.5}, aim=0.3)
+    plan, choice = choose_plan({"knapsack": knapsack, "flops": None}, lambda p: {"loss": 1.0, "top1": 0.5}, aim=0.3)
     assert plan is knapsack and choice.chosen == "knapsack" and list(choice.candidates) == ["knapsack"]
+    assert choice.to_dict()["missing"] == ["flops"]
     assert "no FLOPs plan lands at its predicted latency" in describe(choice)
 
 

@@ -46,7 +46,7 @@ from vitshrink.compressor.training.precision import resolve_amp
 from vitshrink.compressor.training.resume import check_same
 from vitshrink.compressor.training.train import TrainConfig, feature_sources_for, train
 
-STAGES = ("width", "depth")
+STAGES = ("width", "depth", "joint")
 PLAN_FILE = "plan.json"  # in each stage's work folder
 PLAN_CONFIG_FILE = "plan-config.json"  # beside it: the settings the plan was made with (a resume reuses it only for them)
 PLAN_CHECKS_FILE = "plan-checks.json"  # and how it was chosen (latency checks, plan choices), for the resumed record
@@ -84,7 +84,11 @@ class CompressConfig:
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
         if bad or not self.stages:
-            raise BudgetError(f"unknown stages {bad or self.stages}; use width and/or depth, e.g. width,depth")
+            raise BudgetError(f"unknown stages {bad or self.stages}; use width and/or depth (e.g. width,depth), "
+                              "or joint")
+        if "joint" in self.stages and (len(self.stages) > 1 or self.width_steps > 1):
+            raise BudgetError(f"stages {','.join(self.stages)}: joint plans blocks and widths in one cut; give it "
+                              "alone (--stages joint, one width step)")
         if self.stages.count("width") > 1:
             raise BudgetError(f"stages {','.join(self.stages)}: width may appear once; for iterative width pruning "
                               "give the number of steps instead (width_steps, --width-steps N)")
@@ -130,6 +134,8 @@ class CompressConfig:
     @property
     def stage_sequence(self) -> tuple[str, ...]:
         """Every prune+distill stage in order: one "width" per width step, then "depth" if asked."""
+        if self.stages == ("joint",):
+            return self.stages
         widths = ("width",) * self.width_steps if "width" in self.stages else ()
         return widths + (("depth",) if "depth" in self.stages else ())
 
@@ -325,11 +331,11 @@ class _Run:
         whole_cut = final and cut_before == 0
         measure = None if written else _latency_measure(config, self.t_model, whole_cut, self.log)
         val_metrics = None if written else _choice_metrics(config, self.t_model, self.data.val_loader, whole_cut,
-                                                           self.device, self.log)
+                                                           self.device, self.log, joint=stage == "joint")
         planned = plan_width_stage(model, self.calib, settings, loss,
                                    target_removed=self.split.width_target(step, config.width_steps) - cut_before,
                                    reference=self.reference, already=cut_before, final=final, measure=measure,
-                                   val_metrics=val_metrics, log=self.log)
+                                   val_metrics=val_metrics, joint=stage == "joint", log=self.log)
         if written:
             checks, choices = _written_checks(stage_dir)
             planned = dataclasses.replace(planned, plan=read_plan(written), checks=checks, choices=choices,
@@ -484,14 +490,15 @@ def _latency_measure(config: CompressConfig, teacher, whole_cut: bool, log):
 
 
 def _choice_metrics(config: CompressConfig, teacher, val_loader: DataLoader | None, whole_cut: bool, device: str,
-                    log):
-    """plan -> the cut teacher's metrics on the validation split, when a latency plan is chosen on it: a plan
-    making the whole cut from the teacher, a validation split, one process (`planning.choice`)."""
-    if config.latency_table is None:
+                    log, joint: bool = False):
+    """plan -> the cut teacher's metrics on the validation split, when plans are chosen on it (a latency plan, or
+    a joint plan against width-only): a plan making the whole cut from the teacher, a validation split, one
+    process (`planning.choice`)."""
+    if config.latency_table is None and not joint:
         return None
     reason = _not_one_cut(whole_cut) or (None if val_loader is not None else "no validation split (--val-split 0)")
     if reason:
-        log(f"plan choice: off: {reason}; the knapsack's plan is cut")
+        log(f"plan choice: off: {reason}; the {'joint' if joint else 'knapsack'}'s plan is cut")
         return None
     return lambda plan: _metrics(_cut_copy(teacher, plan), val_loader, device)
 

@@ -330,8 +330,11 @@ class WidthPlan:
         return (self.already_removed + self.removed) / self.reference_total
 
     def describe(self) -> str:
-        rows = [f"  block {i}: {h} heads, MLP {m}" for i, (h, m) in enumerate(zip(self.heads_kept, self.neurons_kept, strict=True))]
-        return f"width plan ({self.metric} -{self.achieved:.1%} vs teacher):\n" + "\n".join(rows)
+        removed = set(self.plan.drop_blocks)
+        rows = [f"  block {i}: " + ("removed" if i in removed else f"{h} heads, MLP {m}")
+                for i, (h, m) in enumerate(zip(self.heads_kept, self.neurons_kept, strict=True))]
+        kind = "joint plan (blocks and widths)" if removed else "width plan"
+        return f"{kind} ({self.metric} -{self.achieved:.1%} vs teacher):\n" + "\n".join(rows)
 
 
 def plan_width(

@@ -4,7 +4,9 @@ Every decision about what a stage removes is taken here:
 - `budget_split`, before any work: how many blocks the depth stage removes, how much each width step removes;
 - `plan_width_stage`: heads and MLP neuron groups, on FLOPs, params (greedy) or a latency table (knapsack); a
   latency plan is the better on validation of the knapsack's and the FLOPs planner's at the same predicted
-  latency (`choice.py`), and is timed on the target and re-aimed by its miss (`landing.py`);
+  latency (`choice.py`), and is timed on the target and re-aimed by its miss (`landing.py`); with `--stages joint`
+  the same stage plans blocks and widths together (`joint.py`) and keeps that plan only where it is the best on
+  validation of it and the width-only plans at the same predicted budget;
 - `plan_depth_stage`: whole blocks, then a width top-up that lands the total on the target.
 
 What must be measured is handed in by the job as functions: `measure` (plan -> its latency reduction timed on
@@ -15,16 +17,20 @@ evaluates a model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
+from vitshrink.compressor.core.errors import BudgetError
 from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.surgery import PrunePlan
+from vitshrink.compressor.planning.choice import choose_plan, width_candidates
 from vitshrink.compressor.planning.choice import describe as describe_choice
-from vitshrink.compressor.planning.choice import plan_and_choose
+from vitshrink.compressor.planning.joint import JOINT_BLOCK_ESTIMATE, block_losses, plan_joint
 from vitshrink.compressor.planning.landing import land_on_target
 from vitshrink.compressor.planning.planner import (
     TOLERANCE,
@@ -39,7 +45,7 @@ from vitshrink.compressor.planning.planner import (
     plan_width,
     split_budget,
 )
-from vitshrink.compressor.scoring.importance import score_blocks, score_units
+from vitshrink.compressor.scoring.importance import Scores, score_blocks, score_units
 
 Measure = Callable[[PrunePlan], float]  # plan -> 1 - its time / the teacher's, on the target
 ValMetrics = Callable[[PrunePlan], dict]  # plan -> {"top1", "top5", "loss"} of the cut on the validation split
@@ -87,30 +93,44 @@ class StagePlan:
 
 def budget_split(teacher, settings: PlanSettings) -> BudgetSplit:
     """The budget decisions that need no scores: blocks for depth, the rest for width (refuses what cannot land)."""
-    return split_budget(settings.costs(teacher), settings.budget, width="width" in settings.stages,
+    return split_budget(settings.costs(teacher), settings.budget, width=bool({"width", "joint"} & set(settings.stages)),
                         depth="depth" in settings.stages, depth_share=settings.depth_share,
                         depth_blocks=settings.depth_blocks)
 
 
 def plan_width_stage(model, calib, settings: PlanSettings, loss, *, target_removed: float, reference: float,
                      already: float, final: bool, measure: Measure | None = None,
-                     val_metrics: ValMetrics | None = None, log=print) -> StagePlan:
-    """Score heads and neurons, plan them; the last width cut of a run must land within 1 point. With `measure`,
-    the plan is timed and re-aimed (`land_on_target`); with `val_metrics`, each plan is the better on
-    validation of the knapsack's and the FLOPs planner's at its predicted latency (`plan_and_choose`)."""
+                     val_metrics: ValMetrics | None = None, joint: bool = False, log=print) -> StagePlan:
+    """Score heads and neurons (and with `joint` blocks), plan them; the last cut of a run must land within 1
+    point. With `measure`, the plan is timed and re-aimed (`land_on_target`); with `val_metrics`, each plan is
+    the best on validation of the candidates at its predicted budget (`choice.py`): on a latency table the
+    knapsack's and the FLOPs planner's width plans; with `joint`, the joint plan of blocks and widths too."""
     scores = score_units(model, calib, settings.criterion, loss, seed=settings.seed)
+    removal = joint_removal_losses(model, calib, settings, loss, scores) if joint else None
     costs = settings.costs(model)
-    flops = model_costs(model, "flops") if val_metrics is not None else None
+    flops = model_costs(model, "flops") if val_metrics is not None and costs.table is not None else None
+    tolerance = TOLERANCE if final else None
     choices = []
 
     def plan_for(removed: float):
+        removed = max(0.0, removed)
+        common = dict(target_removed=removed, min_heads=settings.min_heads, round_to=settings.round_to,
+                      tolerance=tolerance)
+        make_joint = lambda: plan_joint(costs, scores, removal, reference_total=reference,  # noqa: E731
+                                        already_removed=already, **common)
         if val_metrics is None:
-            return plan_width(costs, scores, target_removed=max(0.0, removed), reference_total=reference,
-                              already_removed=already, min_heads=settings.min_heads, round_to=settings.round_to,
-                              tolerance=TOLERANCE if final else None)
-        plan, choice = plan_and_choose(costs, flops, scores, target_removed=max(0.0, removed), tolerance=TOLERANCE,
-                                       min_heads=settings.min_heads, round_to=settings.round_to,
-                                       val_metrics=val_metrics)
+            return make_joint() if joint else plan_width(costs, scores, reference_total=reference,
+                                                         already_removed=already, **common)
+        if not joint:
+            planned = width_candidates(costs, flops, scores, **common)
+        else:  # the joint plan, and the width-only plans where they land too
+            planned = {"joint": make_joint()}
+            try:
+                planned |= width_candidates(costs, flops, scores, **common)
+            except BudgetError as e:
+                planned["width"] = None
+                log(f"plan choice: no width-only plan at -{removed / reference:.1%} ({e})")
+        plan, choice = choose_plan(planned, val_metrics, removed / reference)
         choices.append(choice.to_dict())
         log(describe_choice(choice))
         return plan
@@ -122,7 +142,16 @@ def plan_width_stage(model, calib, settings: PlanSettings, loss, *, target_remov
         width, timed = land_on_target(lambda aim: (p := plan_for(aim * reference), p.removed / reference),
                                       lambda p: measure(p.plan), target_removed / reference, log=log)
         checks = [c.to_dict() for c in timed]
+    if removal is not None:
+        scores = dataclasses.replace(scores, blocks=removal)
     return StagePlan(width.plan, scores, width.describe(), checks, choices)
+
+
+def joint_removal_losses(model, calib, settings: PlanSettings, loss, units: Scores) -> np.ndarray:
+    """Each block's estimated loss when removed, on the scale of the unit scores (`joint.JOINT_BLOCK_ESTIMATE`)."""
+    estimate = JOINT_BLOCK_ESTIMATE
+    blocks = None if estimate == "unit-sum" else score_blocks(model, calib, estimate, loss, seed=settings.seed)
+    return block_losses(estimate, units, blocks)
 
 
 def plan_depth_stage(model, calib, settings: PlanSettings, loss, split: BudgetSplit, reference: float) -> StagePlan:

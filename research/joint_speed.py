@@ -1,0 +1,94 @@
+"""Do joint plans (blocks and widths, `--stages joint`) land where the latency table says?
+
+    python -m research.joint_speed --out research/results/joint/speed-vit-s.json
+
+ViT-S/16 (random weights: speed does not depend on them) is profiled on ONNX Runtime CPU at each batch size
+(`vitshrink profile`). Joint plans for `--reduce latency=R` are made on the table from Taylor scores of random
+images and block removal estimates drawn at random (an untrained model has no meaningful ones; random ones
+make plans that remove different blocks, which is what is checked here: the price of a removed block). Each
+plan is landed as `compress` lands a latency plan (timed against the teacher on the target and re-aimed by its
+miss, `land_on_target`), then the kept plan is timed against the teacher once more, alone, as `bench` times
+it. Reported per plan: blocks removed, predicted and realised reduction, the student's measured ms against the
+table's prediction.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from research.latency_plan import cut, random_scores, time_against_teacher
+from vitshrink.compressor.core.atomic import write_json_atomic
+from vitshrink.compressor.core.model_loading import load_model
+from vitshrink.compressor.planning.joint import plan_joint
+from vitshrink.compressor.planning.landing import land_on_target
+from vitshrink.compressor.planning.planner import TOLERANCE, model_cost, model_costs
+from vitshrink.exporters.io_spec import IOSpec
+from vitshrink.exporters.runtime.latency_profile import measure_reduction, profile
+from vitshrink.exporters.runtime.timing import TimingPolicy
+
+
+def land_joint(model, costs, scores, removal, reduction: float):
+    """The joint plan for `reduction` on `costs.table`, landed as `compress` lands a latency plan."""
+
+    def plan_for(aim: float):
+        plan = plan_joint(costs, scores, removal, target_removed=aim * costs.total, reference_total=costs.total,
+                          tolerance=TOLERANCE)
+        return plan, plan.removed / costs.total
+
+    return land_on_target(plan_for, lambda p: measure_reduction(model, cut(model, p.plan), costs.table), reduction,
+                          log=print)
+
+
+@click.command()
+@click.option("--model", "model_name", default="vit_small_patch16_224", show_default=True)
+@click.option("--reductions", default="0.3,0.5", show_default=True)
+@click.option("--batch-sizes", default="1,8", show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--draws", default=2, show_default=True, help="Random removal estimates per reduction.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws: int, out: Path) -> None:
+    torch.set_num_threads(threads)
+    teacher = load_model(model_name)
+    model = teacher.model.eval()
+    io = IOSpec.from_model(model, teacher.data_config)
+    scores = random_scores(model, seed=0)
+    unit_sum = np.array([h.sum() + n.sum() for h, n in zip(scores.heads, scores.neurons, strict=True)])
+    policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=20, min_time_s=2.0, max_time_s=120.0)
+    rows = []
+    for batch in (int(b) for b in batch_sizes.split(",")):
+        started = time.perf_counter()
+        table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=8, log=print)
+        profile_s = time.perf_counter() - started
+        costs = model_costs(model, "latency", table)
+        for reduction in (float(r) for r in reductions.split(",")):
+            for draw in range(draws):
+                # removal estimates between 0.1x and 1.5x a block's summed unit scores: some blocks are cheaper
+                # to remove than to narrow, others not
+                removal = unit_sum * np.random.default_rng(draw).uniform(0.1, 1.5, len(unit_sum))
+                plan, checks = land_joint(model, costs, scores, removal, reduction)
+                student = cut(model, plan.plan)
+                timed = time_against_teacher(model, {"joint": student}, io, batch, threads, policy,
+                                             out.parent / f"timing-b{batch}", seed=draw)["joint"]
+                predicted_ms = model_cost(student, "latency", table)
+                relative = (1 / timed["ratio"]) / (predicted_ms / costs.total) - 1
+                row = {"batch": batch, "target": reduction, "draw": draw, "blocks_removed": list(plan.plan.drop_blocks),
+                       "heads": list(plan.heads_kept), "mlp": list(plan.neurons_kept),
+                       "predicted_reduction": plan.removed / costs.total,
+                       "realised_reduction": timed["realised_reduction"], "speedup": timed["ratio"],
+                       "speedup_ci": [timed["ci_low"], timed["ci_high"]],
+                       "relative_prediction_error": relative, "checks": [c.to_dict() for c in checks],
+                       "profile_seconds": round(profile_s, 1), "fit": table.to_dict()["fit"]}
+                rows.append(row)
+                print(f"batch {batch}, -{reduction:.0%} draw {draw}: blocks {row['blocks_removed']}, predicted "
+                      f"-{row['predicted_reduction']:.1%}, realised -{row['realised_reduction']:.1%} "
+                      f"(prediction error {relative:+.1%} of the student's time)")
+                write_json_atomic(out, {"model": model_name, "threads": threads, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
