@@ -182,6 +182,9 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
               callback=parsed_by(parse_target),
               help="Runtime to measure on, named as in bench --backends (tensorrt:fp16/tensorrt:fp32: TensorRT on this "
                    "machine's GPU, one engine build per sub-block and model, so a coarser --round-to builds fewer).")
+@click.option("--precision", type=click.Choice(("fp32", "int8")), default=None,
+              help="int8: time the static Q/DQ graphs `export --target onnx-int8` writes (ort-cpu only); the same as "
+                   "--target ort-cpu:int8 [default: the target's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: torch's thread count].")
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
@@ -192,8 +195,8 @@ def gate_command(ctx: click.Context, bench_json: Path, gate_file: Path, baseline
                    "blocks (fewer than 2: one common scale).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Table file (JSON).")
 @click.option("--no-progress", is_flag=True)
-def profile_command(model: str, model_args: tuple[str, ...], target: str, batch_size: int, threads: int | None,
-                    round_to: int, fit_models: int, out: Path, no_progress: bool) -> None:
+def profile_command(model: str, model_args: tuple[str, ...], target: str, precision: str | None, batch_size: int,
+                    threads: int | None, round_to: int, fit_models: int, out: Path, no_progress: bool) -> None:
     """Measure a latency table of MODEL on TARGET: the input of `compress --reduce latency=... --latency-table`.
 
     Profile on the device the model will run on and compress anywhere: the table is a small JSON file.
@@ -203,8 +206,21 @@ def profile_command(model: str, model_args: tuple[str, ...], target: str, batch_
     from vitshrink.compressor.core.model_loading import load_model, parse_model_args
     from vitshrink.exporters.runtime.latency_profile import profile
 
+    target = _with_precision(target, precision)
     loaded = load_model(model, model_args=parse_model_args(model_args) or None)
     table = profile(loaded.model, target, batch=batch_size, threads=threads or torch.get_num_threads(),
                     round_to=round_to, fit_models=fit_models, progress=not no_progress, log=click.echo)
     table.save(out)
     click.echo(f"latency table: {out}")
+
+
+def _with_precision(target: str, precision: str | None) -> str:
+    """`--target` with `--precision` applied: ort-cpu + int8 -> ort-cpu:int8; a conflict is refused."""
+    from vitshrink.exporters.runtime.latency_profile import target_precision
+
+    if precision is None or precision == target_precision(target):
+        return target
+    if precision == "int8" and target == "ort-cpu":
+        return "ort-cpu:int8"
+    raise click.BadParameter(f"--precision {precision} with --target {target}: INT8 tables are measured on ort-cpu "
+                             "(--target ort-cpu --precision int8)", param_hint="--precision")

@@ -25,7 +25,14 @@ from vitshrink.benchmarks.latency_plan_check import latency_plan_check
 from vitshrink.benchmarks.memory import MemoryResult, measure_memory
 from vitshrink.benchmarks.metrics import REFERENCE_BACKEND
 from vitshrink.benchmarks.model_files import engine_files, file_sizes, onnx_file
-from vitshrink.benchmarks.results import AccuracyRow, BenchReport, LatencyRow, ModelInfo, SpeedupRow
+from vitshrink.benchmarks.results import (
+    AccuracyRow,
+    BenchReport,
+    LatencyRow,
+    ModelInfo,
+    PrecisionSpeedupRow,
+    SpeedupRow,
+)
 from vitshrink.benchmarks.stats import latency_stats, speedup
 from vitshrink.benchmarks.teacher import check_teacher, find_recorded_teacher
 from vitshrink.compressor.core.loaded_model import LoadedModel
@@ -143,8 +150,9 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
     backends, skipped = resolve_backends(config.backends, models["student"].subject)
     for b in backends:
         if get_runtime(b.runtime).needs == "onnx":
-            for m in models.values():
-                _attach_onnx(m, b.precision, work / m.role)
+            for precision in (b.precision, "fp32") if b.precision == "int8" else (b.precision,):
+                for m in models.values():
+                    _attach_onnx(m, precision, work / m.role, config)
     infos = {role: _model_info(m, config.fvcore, notes) for role, m in models.items()}
     if len(models) == 2 and infos["teacher"].input_size != infos["student"].input_size:
         raise BenchError(f"teacher input {infos['teacher'].input_size} differs from the student's "
@@ -157,20 +165,22 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
     accuracy = [_accuracy_row(role, REFERENCE_BACKEND, dataset, *reference[role], None) for role in reference]
 
     options = RuntimeOptions(threads=threads, seed=config.seed)
-    latency, speedups, ranges, backend_info = [], [], {}, {}
+    latency, speedups, ranges, backend_info, crossed = [], [], {}, {}, []
     steps = len(backends) * len(config.batch_sizes) + (len(backends) if loaders else 0)
     with progress_bar(total=steps, desc="bench", enabled=config.progress, leave=False) as bar:
         for backend in backends:
             runtimes = _build(backend, models, options, skipped)
+            partners = _fp32_partners(backend, runtimes, models, options, skipped)
             if runtimes:
                 ranges[backend.key] = next(iter(runtimes.values())).batch_range
                 backend_info[backend.key] = {role: {"device": rt.device, "timer": rt.timer.name, **rt.info}
                                              for role, rt in runtimes.items()}
             for batch in config.batch_sizes:
                 bar.set_postfix_str(f"{backend.key} batch {batch}")
-                lat, spd = _time_batch(backend, runtimes, batch, config.timing, flops_ratio, skipped)
+                lat, spd, cross = _time_batch(backend, runtimes, batch, config.timing, flops_ratio, skipped, partners)
                 latency += lat
                 speedups += spd
+                crossed += cross
                 bar.update()
             if loaders:
                 bar.set_postfix_str(f"{backend.key} accuracy")
@@ -180,7 +190,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
                         accuracy.append(_accuracy_row(role, backend.key, dataset, logits,
                                                       reference[role][1], reference[role][0]))
                 bar.update()
-            del runtimes
+            del runtimes, partners
             gc.collect()
         memory = _memory(config, backends, models, threads, ranges, bar, log) if config.memory else []
     if not config.memory:
@@ -198,6 +208,7 @@ def _run(config: BenchConfig, threads: int, work: Path, log: Callable[[str], Non
         skipped=tuple(skipped),
         notes=tuple(notes),
         latency_plan=latency_plan_check(models["student"].loaded.compression, threads, latency, speedups),
+        precision_speedups=tuple(crossed),
     )
 
 
@@ -238,10 +249,10 @@ def resolve_teacher(config: BenchConfig, student: LoadedModel, notes: list[str])
     return find_recorded_teacher(student, notes)
 
 
-def _attach_onnx(model: _Model, precision: str, work: Path) -> None:
+def _attach_onnx(model: _Model, precision: str, work: Path, config: BenchConfig) -> None:
     if precision in model.subject.onnx:
         return
-    path, origin = onnx_file(model.loaded, precision, work)
+    path, origin = onnx_file(model.loaded, precision, work, config.dataset, config.data_dir)
     model.subject = dataclasses.replace(model.subject, onnx={**model.subject.onnx, precision: path})
     if origin == "exported":
         model.exported[path.name] = path
@@ -307,8 +318,17 @@ def _build(backend: BackendSpec, models: dict[str, _Model], options: RuntimeOpti
     return runtimes
 
 
+def _fp32_partners(backend: BackendSpec, runtimes: dict[str, Runtime], models: dict[str, _Model],
+                   options: RuntimeOptions, skipped: list[dict]) -> dict[str, Runtime]:
+    """For an INT8 student: the FP32 teacher and student on the same runtime, timed in the same rounds."""
+    if backend.precision != "int8" or "student" not in runtimes or get_runtime(backend.runtime).needs != "onnx":
+        return {}
+    fp32 = _build(BackendSpec(backend.runtime, "fp32"), models, options, skipped)
+    return {f"{role} fp32": runtime for role, runtime in fp32.items()}
+
+
 def _time_batch(backend: BackendSpec, runtimes: dict[str, Runtime], batch: int, policy: TimingPolicy,
-                flops_ratio: float | None, skipped: list[dict]):
+                flops_ratio: float | None, skipped: list[dict], partners: dict[str, Runtime] | None = None):
     ready = {}
     for role, runtime in runtimes.items():
         reason = runtime.unsupported(batch)
@@ -317,14 +337,17 @@ def _time_batch(backend: BackendSpec, runtimes: dict[str, Runtime], batch: int, 
         else:
             ready[role] = runtime
     if not ready:
-        return [], []
-    calls = {role: (lambda rt=rt: rt.run(batch)) for role, rt in ready.items()}  # A B A B: teacher first
+        return [], [], []
+    extra = {name: rt for name, rt in (partners or {}).items() if "student" in ready and not rt.unsupported(batch)}
+    calls = {role: (lambda rt=rt: rt.run(batch)) for role, rt in {**ready, **extra}.items()}  # A B A B: teacher first
     samples = measure(calls, policy, next(iter(ready.values())).timer)
     rows = [LatencyRow(role, backend.key, rt.device, rt.timer.name, latency_stats(samples[role], batch))
             for role, rt in ready.items()]
+    cross = [PrecisionSpeedupRow(backend.key, batch, name, speedup(samples[name], samples["student"]))
+             for name in extra]
     if len(ready) < 2 or flops_ratio is None:
-        return rows, []
-    return rows, [SpeedupRow(backend.key, batch, speedup(samples["teacher"], samples["student"]), flops_ratio)]
+        return rows, [], cross
+    return rows, [SpeedupRow(backend.key, batch, speedup(samples["teacher"], samples["student"]), flops_ratio)], cross
 
 
 # ---------------------------------------------------------------- accuracy

@@ -61,6 +61,14 @@ def speedup_rows(bench: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     return header, rows
 
 
+def precision_rows(bench: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    header = ("student on", "against", "batch", "speedup", "95% CI", "pair IQR", "pairs")
+    rows = [(r["backend"], r["against"], str(r["batch"]), f"{r['ratio']:.2f}x", _interval(r),
+             f"{r['pair_q25']:.2f}-{r['pair_q75']:.2f}", str(r["pairs"]))
+            for r in bench.get("precision_speedup", [])]
+    return header, rows
+
+
 def accuracy_rows(bench: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     header = ("backend", "model", "top-1", "top-5", "Δ top-1 (pp)", "agree w/ PyTorch", "max |Δ logit|", "images")
     metrics = bench.get("metrics", {})
@@ -101,6 +109,7 @@ def _sections(bench: dict) -> list[tuple[str, tuple, list]]:
         ("Models", *model_rows(bench)),
         ("Latency per batch (timed teacher/student alternately)", *latency_rows(bench)),
         ("Speedup = teacher p50 / student p50, same run", *speedup_rows(bench)),
+        ("INT8 student against FP32 = FP32 p50 / INT8 student p50, same rounds", *precision_rows(bench)),
         (f"Accuracy ({acc[0]['dataset']} eval, {acc[0]['n']} images)" if acc else "Accuracy", *accuracy_rows(bench)),
         (f"Peak memory (batch {memory_batch}, one process per model and backend)", *memory_rows(bench)),
     ]

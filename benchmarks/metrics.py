@@ -30,6 +30,12 @@ KINDS: dict[str, MetricKind] = {
                           "(the two timed alternately, same run)"),
     "speedup_ci_low": MetricKind("x", True, True, "lower end of the speedup's 95% bootstrap interval (none from "
                                  f"fewer than {MIN_CI_ROUNDS} timing rounds)"),
+    "speedup_vs_fp32_teacher": MetricKind("x", True, True, "an INT8 student against the FP32 teacher: median over "
+                                          "rounds of teacher FP32 latency / student INT8 latency (same runtime, same run)"),
+    "speedup_vs_fp32": MetricKind("x", True, True, "an INT8 student against itself in FP32: median over rounds of "
+                                  "student FP32 latency / student INT8 latency"),
+    "int8_drop": MetricKind("pp", False, False, "student top-1 in PyTorch FP32 - student top-1 on int8_drop/<backend>, "
+                            "percentage points"),
     "realised": MetricKind("fraction", True, True, "speedup / flops_ratio (1.0: every FLOP saved became speed)"),
     "top1": MetricKind("fraction", True, False, "top-1 accuracy of top1/<model>/<backend> on the eval split"),
     "top5": MetricKind("fraction", True, False, "top-5 accuracy"),
@@ -61,6 +67,9 @@ def derive_metrics(bench: dict) -> dict[str, float]:
         if row["pairs"] >= MIN_CI_ROUNDS:
             out[f"speedup_ci_low/{where}"] = row["ci_low"]
         out[f"realised/{where}"] = row["realised"]
+    families = {"teacher fp32": "speedup_vs_fp32_teacher", "student fp32": "speedup_vs_fp32"}
+    for row in bench.get("precision_speedup", []):
+        out[f"{families[row['against']]}/{row['backend']}/b{row['batch']}"] = row["ratio"]
     top1: dict[tuple[str, str], float] = {}
     for row in bench.get("accuracy", []):
         top1[(row["model"], row["backend"])] = row["top1"]
@@ -72,6 +81,9 @@ def derive_metrics(bench: dict) -> dict[str, float]:
     for (model, backend), value in top1.items():
         if model == "student" and ("teacher", backend) in top1:
             out[f"top1_drop/{backend}"] = (top1[("teacher", backend)] - value) * 100
+    for (model, backend), value in top1.items():
+        if model == "student" and backend.endswith(":int8") and ("student", REFERENCE_BACKEND) in top1:
+            out[f"int8_drop/{backend}"] = (top1[("student", REFERENCE_BACKEND)] - value) * 100
     if f"top1_drop/{REFERENCE_BACKEND}" in out:
         out["top1_drop"] = out[f"top1_drop/{REFERENCE_BACKEND}"]
     added: dict[tuple[str, str], float] = {}

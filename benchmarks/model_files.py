@@ -16,18 +16,30 @@ from vitshrink.compressor.core.loaded_model import LoadedModel
 from vitshrink.exporters.layout import ONNX_FILES, engine_file
 
 
-def onnx_file(loaded: LoadedModel, precision: str, work_dir: Path) -> tuple[Path, str]:
-    """(path, origin) of the `precision` ONNX graph of `loaded`; origin is "folder" or "exported"."""
+def onnx_file(loaded: LoadedModel, precision: str, work_dir: Path, dataset: str | None = None,
+              data_dir: str | None = None) -> tuple[Path, str]:
+    """(path, origin) of the `precision` ONNX graph of `loaded`; origin is "folder" or "exported".
+
+    An INT8 graph is calibrated on `dataset`'s training images and checked on its validation split, as
+    `vitshrink export --target onnx-int8` does; without a dataset there is nothing to calibrate on."""
     name = ONNX_FILES[precision]
     if loaded.path is not None and (loaded.path / name).is_file():
         return loaded.path / name, "folder"
     out = work_dir / name
     if not out.is_file():
+        from vitshrink.benchmarks.errors import BenchError
         from vitshrink.exporters.config import ExportConfig
         from vitshrink.exporters.export_job import export_loaded
 
+        if precision == "int8" and dataset is None:
+            raise BenchError(f"{loaded.path or loaded.name} has no model.int8.onnx: export it with `vitshrink export "
+                             "FOLDER --target onnx-int8 --dataset ...`, or pass --dataset so that bench calibrates one")
         target = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}[precision]
-        export_loaded(loaded, ExportConfig(target=target, out_dir=work_dir))  # validated against PyTorch
+        # bench reports the INT8 file's accuracy per backend and leaves the verdict to gates (int8_drop/...)
+        config = ExportConfig(target=target, out_dir=work_dir, dataset=dataset if precision == "int8" else None,
+                              data_dir=Path(data_dir) if data_dir and precision == "int8" else None,
+                              int8_max_drop=100.0)
+        export_loaded(loaded, config)  # validated against PyTorch (INT8: and its validation top-1 against FP32)
     return out, "exported"
 
 

@@ -72,6 +72,19 @@ class SpeedupRow:
 
 
 @dataclass(frozen=True)
+class PrecisionSpeedupRow:
+    """The student at a lower precision against an FP32 model, timed alternately in the same rounds."""
+
+    backend: str  # the student's backend, e.g. "ort-cpu:int8"
+    batch: int
+    against: str  # "teacher fp32" | "student fp32" (same runtime, FP32 file)
+    speedup: Speedup  # median over rounds of FP32 latency / student latency
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "batch": self.batch, "against": self.against, **self.speedup.to_dict()}
+
+
+@dataclass(frozen=True)
 class AccuracyRow:
     model: str
     backend: str
@@ -100,6 +113,7 @@ class BenchReport:
     skipped: tuple[dict, ...]  # {"backend", "model", "batch", "reason"}: what did not run and why
     notes: tuple[str, ...]
     latency_plan: dict | None = None  # a latency-planned student: predicted vs realised (latency_check.py)
+    precision_speedups: tuple[PrecisionSpeedupRow, ...] = ()  # INT8 student against the FP32 teacher and student
 
     def to_dict(self) -> dict:
         """The content of bench.json."""
@@ -113,6 +127,7 @@ class BenchReport:
             "backends": self.backends,
             "latency": [r.to_dict() for r in self.latency],
             "speedup": [r.to_dict() for r in self.speedups],
+            "precision_speedup": [r.to_dict() for r in self.precision_speedups],
             "accuracy": [r.to_dict() for r in self.accuracy],
             "memory": [r.to_dict() for r in self.memory],
             "skipped": list(self.skipped),

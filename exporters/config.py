@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vitshrink.exporters.errors import ExportError
+from vitshrink.exporters.int8 import Int8Recipe
+from vitshrink.exporters.int8_accuracy import DEFAULT_MAX_DROP
 from vitshrink.exporters.onnx_export import DEFAULT_OPSET, check_opset
 from vitshrink.exporters.trtexec import PRECISIONS, EngineProfile
 from vitshrink.exporters.validate import DEFAULT_TOLERANCE, ENGINE_TOLERANCE, Tolerance
@@ -32,7 +34,13 @@ class ExportConfig:
     data_dir: Path | None = None  # its folder (not needed for digits)
     limit: int = 256  # images taken from the dataset's eval split
     # TensorRT (target trt)
-    precision: str = "fp16"  # engine precision: fp32 | fp16
+    # INT8 (target onnx-int8, and trt --precision int8, whose engine is built from the Q/DQ graph)
+    int8: Int8Recipe = field(default_factory=Int8Recipe)
+    int8_max_drop: float = DEFAULT_MAX_DROP  # validation top-1 points INT8 may lose against FP32 (else refused)
+    val_split: float | int | None = None  # held-out training images; None: the artifact's compress run's, else 10%
+    seed: int | None = None  # of the validation split and calibration subset; None: the compress run's, else 0
+    val_limit: int = 2000  # validation images the INT8 accuracy is checked on
+    precision: str = "fp16"  # engine precision: fp32 | fp16 | int8
     min_batch: int = 1  # optimization profile (ignored with static_batch)
     opt_batch: int = 1  # the batch TensorRT tunes for: 1 for latency on the device
     max_batch: int = 16
@@ -57,8 +65,20 @@ class ExportConfig:
             raise ExportError("limit, validation batch sizes and workspace must be positive")
         if any(v is not None and v < 0 for v in (self.atol, self.rtol)):
             raise ExportError(f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+        if self.int8_max_drop < 0 or self.val_limit < 1:
+            raise ExportError(f"--int8-max-drop must be >= 0 and --val-limit >= 1, got {self.int8_max_drop} and "
+                              f"{self.val_limit}")
+        if self.makes_int8 and self.int8.mode == "static" and self.dataset is None:
+            raise ExportError("static INT8 calibrates on training images and checks accuracy on held-out ones: pass "
+                              "--dataset (and --data-dir), or --int8-mode dynamic")
+        if self.makes_int8 and self.int8.mode == "dynamic" and self.target == "trt":
+            raise ExportError("TensorRT builds INT8 engines from the static Q/DQ graph; drop --int8-mode dynamic")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise ExportError(f"min top-1 agreement is a fraction in 0..1, got {self.min_agreement}")
+
+    @property
+    def makes_int8(self) -> bool:
+        return self.target == "onnx-int8" or (self.target == "trt" and self.precision == "int8")
 
     @property
     def product(self) -> tuple[str, bool]:
@@ -79,4 +99,5 @@ class ExportConfig:
         )
 
     def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return {**d, "int8": self.int8.to_dict()}

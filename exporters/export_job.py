@@ -25,6 +25,8 @@ from vitshrink.exporters.export_report import FORMAT_VERSION, ExportReport
 from vitshrink.exporters.fp16 import convert_fp16
 from vitshrink.exporters.graph_checks import check_graph, check_weight_count, expected_weight_elements
 from vitshrink.exporters.int8 import quantize_int8
+from vitshrink.exporters.int8_accuracy import check_int8_accuracy, int8_accuracy
+from vitshrink.exporters.int8_data import int8_images, split_settings
 from vitshrink.exporters.io_spec import IOSpec
 from vitshrink.exporters.layout import (
     BUILD_SCRIPT,
@@ -73,7 +75,7 @@ def export_loaded(loaded: LoadedModel, config: ExportConfig, source: Path | str 
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         stage = Path(tmp)
-        files, validations = {}, []
+        files, validations, int8 = {}, [], None
         for precision in _onnx_precisions(config):
             path = stage / ONNX_FILES[precision]
             if precision == "fp32":
@@ -83,7 +85,7 @@ def export_loaded(loaded: LoadedModel, config: ExportConfig, source: Path | str 
             elif precision == "fp16":
                 convert_fp16(stage / ONNX_FILE, path)
             else:
-                quantize_int8(stage / ONNX_FILE, path)
+                int8 = _int8(loaded, config, stage / ONNX_FILE, path)
             files[path.name], report = _check_onnx(path, precision, io, config, reference)
             validations.append(report)
 
@@ -109,6 +111,7 @@ def export_loaded(loaded: LoadedModel, config: ExportConfig, source: Path | str 
             files=files,
             validations=tuple(validations),
             tensorrt=engine,
+            int8=int8,
         )
         if engine is not None:
             engine_json = {"format_version": FORMAT_VERSION, **engine, "versions": result.versions}
@@ -148,9 +151,27 @@ def _onnx_precisions(config: ExportConfig) -> list[str]:
     """The ONNX files a target needs: always the FP32 one, which the others are made from."""
     if config.target == "onnx-fp16" or (config.target == "trt" and config.precision == "fp16"):
         return ["fp32", "fp16"]  # TensorRT >= 11 builds FP16 engines from the FP16 graph only
-    if config.target == "onnx-int8":
-        return ["fp32", "int8"]
+    if config.makes_int8:
+        return ["fp32", "int8"]  # TensorRT builds INT8 engines from the Q/DQ graph
     return ["fp32"]
+
+
+def _int8(loaded: LoadedModel, config: ExportConfig, fp32: Path, path: Path) -> dict:
+    """Quantize `fp32` to `path`, then check its validation top-1 against the PyTorch model; raises past
+    `config.int8_max_drop` (the file is still in the staging folder, so nothing is published)."""
+    if config.dataset is None:  # dynamic mode without data: nothing to calibrate on, nothing to check with
+        return {"recipe": config.int8.to_dict(), **quantize_int8(fp32, path, config.int8), "data": None,
+                "accuracy": None, "note": "accuracy not checked: no --dataset"}
+    val_split, seed, source = split_settings(config.val_split, config.seed, loaded.compression, config.dataset)
+    images = int8_images(config.dataset, config.data_dir, loaded.data_config,
+                         calibration_images=config.int8.calibration_images, validation_images=config.val_limit,
+                         val_split=val_split, seed=seed, source=source)
+    made = quantize_int8(fp32, path, config.int8, images.calibration if config.int8.mode == "static" else None)
+    reference = run_batched(torch_runner(loaded.model.eval()), images.validation)
+    logits = run_batched(onnx_runner(path), images.validation)
+    accuracy = int8_accuracy(reference, logits, images.labels, config.int8_max_drop)
+    check_int8_accuracy(accuracy, path.name)
+    return {"recipe": config.int8.to_dict(), **made, "data": images.to_dict(), "accuracy": accuracy.to_dict()}
 
 
 def _check_onnx(

@@ -25,6 +25,7 @@ class ExportReport:
     files: dict[str, dict]  # file name in out_dir -> precision, size, sha256, graph statistics
     validations: tuple[ValidationReport, ...]
     tensorrt: dict | None = None  # engine.json content (target trt)
+    int8: dict | None = None  # how model.int8.onnx was made and its validation top-1 against FP32
     versions: dict = field(default_factory=library_versions)
 
     @property
@@ -45,6 +46,7 @@ class ExportReport:
             "files": self.files,
             "validation": [v.to_dict() for v in self.validations],
             "tensorrt": self.tensorrt,
+            "int8": self.int8,
             "versions": self.versions,
             "config": self.config.to_dict(),
         }
@@ -62,6 +64,8 @@ class ExportReport:
             lines.append(f"  {name:<22} {rec['precision'] or '':<5} {shape:<32} sha256 {rec['sha256'][:12]}")
         lines.append("validation against PyTorch:")
         lines += [f"  {_validation_line(v)}" for v in self.validations]
+        if self.int8 is not None:
+            lines += _int8_lines(self.int8)
         if self.tensorrt is not None:
             lines += _tensorrt_lines(self.tensorrt)
         return "\n".join(lines)
@@ -77,6 +81,24 @@ def _validation_line(v: ValidationReport) -> str:
             change = (c.top1 - c.reference_top1) * 100
             line += f"; accuracy {c.reference_top1:.1%} -> {c.top1:.1%} ({change:+.1f} pt) on {c.name}"
     return line
+
+
+def _int8_lines(int8: dict) -> list[str]:
+    if int8["mode"] == "static":
+        made = (f"static Q/DQ, {'+'.join(int8['quantized'])} in INT8, calibrated ({int8['calibration']['method']}) "
+                f"on {int8['calibration']['images']} training images")
+    else:
+        made = "dynamic (activations quantized at run time; ONNX Runtime only)"
+    lines = [f"INT8: {made}"]
+    acc = int8["accuracy"]
+    if acc is None:
+        lines.append(f"  {int8['note']}")
+    else:
+        lo, hi = acc["drop_ci95"]
+        lines.append(f"  validation top-1 {acc['fp32_top1']:.2%} (FP32) -> {acc['int8_top1']:.2%} (INT8) on "
+                     f"{acc['images']} held-out training images: drop {acc['drop_points']:+.2f} points "
+                     f"(95% CI {lo:+.2f} to {hi:+.2f}), allowed {acc['max_drop']:g}")
+    return lines
 
 
 def _tensorrt_lines(engine: dict) -> list[str]:

@@ -20,15 +20,18 @@ from torch import nn
 from vitshrink.exporters.errors import ExportError
 from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
 
-# Initializer types that hold model weights (FP32/FP16 graphs, and the INT8 weights of a quantized one).
-# Shape constants (int64) and the scalar scales/zero points a quantizer adds are not weights.
+# Initializer types that hold model weights (FP32/FP16 graphs, and the INT8 weights and INT32 biases of a
+# quantized one).
+# Shape constants (int64) and the scales/zero points a quantizer adds are not weights.
 _WEIGHT_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.INT8,
     onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT32,  # biases of quantized Gemm/Conv nodes
 }
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _BATCH_TOKENS = ("cls_token", "reg_token", "dist_token")  # timm prefix tokens, expanded over the batch
 
 
@@ -76,9 +79,15 @@ def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
 
 def weight_elements(proto: onnx.ModelProto) -> int:
     """Elements of the weight tensors in a graph: non-scalar float or int8 initializers and constants."""
-    tensors = list(proto.graph.initializer)
+    # scales and zero points of Q/DQ nodes: per output channel in a per-channel quantized graph
+    qparams = {i for n in proto.graph.node if n.op_type in _QDQ for i in n.input[1:]}
+    tensors = [t for t in proto.graph.initializer if t.name not in qparams]
     tensors += [
-        a.t for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+        a.t
+        for n in proto.graph.node
+        if n.op_type == "Constant" and n.output[0] not in qparams
+        for a in n.attribute
+        if a.name == "value"
     ]
     return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in _WEIGHT_TYPES and np.prod(t.dims) > 1)
 

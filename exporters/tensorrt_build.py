@@ -113,6 +113,9 @@ def serialize_engine(trt, onnx_path: Path, precision: str, *, workspace_mb: int,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision == "fp16" and not typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8" and not typed:  # the Q/DQ nodes say what runs in INT8; the rest may run FP16
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
     if shapes is not None:
         trt_profile = builder.create_optimization_profile()
         trt_profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])

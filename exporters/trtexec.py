@@ -13,7 +13,7 @@ from vitshrink.exporters.errors import ExportError
 from vitshrink.exporters.io_spec import INPUT_NAME, IOSpec
 from vitshrink.exporters.layout import TIMING_CACHE, engine_file, engine_onnx_file
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: explicit quantization of the Q/DQ graph (model.int8.onnx)
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ def trtexec_args(
         args.append("--stronglyTyped")  # the only mode in TensorRT 11: precision comes from the ONNX
     elif precision == "fp16":
         args.append("--fp16")
+    elif precision == "int8":
+        args += ["--int8", "--fp16"]  # INT8 where the Q/DQ nodes say; the layers left in float may run FP16
     args += [f"--memPoolSize=workspace:{workspace_mb}M", f"--timingCacheFile={TIMING_CACHE}"]
     return args
 

@@ -87,7 +87,7 @@ def fake_tensorrt(version: str, calls: dict) -> types.ModuleType:
             return b"fake-engine-plan"
 
     trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
-    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "FP16"} if has_fp16_flag else {}))
+    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "FP16", "INT8": "INT8"} if has_fp16_flag else {}))
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     return trt

@@ -39,7 +39,7 @@ def test_backend_precision_is_checked():
 def tiny_subject(tmp_path_factory) -> Subject:
     loaded = tiny_teacher()
     work = tmp_path_factory.mktemp("onnx")
-    onnx = {p: onnx_file(loaded, p, work)[0] for p in ("fp32", "int8")}
+    onnx = {p: onnx_file(loaded, p, work, "digits")[0] for p in ("fp32", "int8")}
     return Subject("student", loaded.input_size, loaded.model, onnx=onnx)
 
 

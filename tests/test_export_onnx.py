@@ -21,6 +21,7 @@ from vitshrink.exporters.graph_checks import (
     expected_weight_elements,
     weight_elements,
 )
+from vitshrink.exporters.int8 import Int8Recipe
 from vitshrink.exporters.io_spec import INPUT_NAME, OUTPUT_NAME, IOSpec
 from vitshrink.exporters.layout import EXPORT_JSON, FP16_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE
 from vitshrink.exporters.onnx_export import MAX_OPSET, export_onnx
@@ -176,10 +177,10 @@ def test_user_tolerance_applies_to_the_file_the_target_produces(tmp_path):
     assert not (folder / ONNX_FILE).exists() and not (folder / FP16_ONNX_FILE).exists()
 
 
-def test_int8_graph_is_quantized_and_agrees_on_top1(tmp_path):
+def test_dynamic_int8_graph_is_quantized_and_agrees_on_top1(tmp_path):
     folder, _ = tiny_artifact(tmp_path / "artifact")
 
-    report = export(folder, ExportConfig(target="onnx-int8"))
+    report = export(folder, ExportConfig(target="onnx-int8", int8=Int8Recipe(mode="dynamic")))
 
     proto = onnx.load(str(folder / INT8_ONNX_FILE))
     ops = Counter(n.op_type for n in proto.graph.node)
@@ -193,7 +194,7 @@ def test_int8_graph_is_quantized_and_agrees_on_top1(tmp_path):
 
 def test_int8_reports_accuracy_change_on_labelled_images(tmp_path):
     folder, loaded = tiny_artifact(tmp_path / "artifact")
-    export(folder, ExportConfig(target="onnx-int8"))
+    export(folder, ExportConfig(target="onnx-int8", int8=Int8Recipe(mode="dynamic")))
     images, labels = synthetic_images(128, seed=999)
     case = InputCase("synthetic (128 images)", images.numpy(), labels.numpy())
     with torch.no_grad():

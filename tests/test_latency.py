@@ -458,14 +458,14 @@ def test_every_latency_target_is_a_bench_backend_name():
     for target in TARGETS:
         spec = BackendSpec.parse(target)
         assert parse_target(target) == target and target_backend(target).runtime == spec.runtime
-    assert [target_backend(t).key for t in TARGETS] == ["ort-cpu:fp32", "torch-cpu:fp32", "ort-cuda:fp32",
+    assert [target_backend(t).key for t in TARGETS] == ["ort-cpu:fp32", "ort-cpu:int8", "torch-cpu:fp32", "ort-cuda:fp32",
                                                         "torch-cuda:fp32", "tensorrt:fp32", "tensorrt:fp16"]
     assert parse_target("ort-cpu:fp32") == "ort-cpu"  # bench's spelling with the default precision written out
 
 
 @pytest.mark.parametrize("name, message", [
     ("tensorrt", "latency tables are not measured on tensorrt; choose from .*tensorrt:fp32, tensorrt:fp16"),
-    ("ort-cpu:int8", "latency tables are not measured on ort-cpu:int8"),
+    ("tensorrt:int8", "latency tables are not measured on tensorrt:int8"),
     ("ort-cpu:fp64", "unknown latency target 'ort-cpu:fp64'"),
 ])
 def test_a_bench_backend_a_table_cannot_be_measured_on_is_refused(name, message):

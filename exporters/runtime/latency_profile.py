@@ -58,7 +58,8 @@ from vitshrink.exporters.runtime.timing import Timer, TimingPolicy, measure
 
 # what a table can be measured on, named as `bench --backends` names the backend (BackendSpec.parse reads both): the
 # precision is written where bench's default is not fp32 (TensorRT's is the engine that exists)
-TARGETS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda", "tensorrt:fp32", "tensorrt:fp16")
+TARGETS = ("ort-cpu", "ort-cpu:int8", "torch-cpu", "ort-cuda", "torch-cuda", "tensorrt:fp32", "tensorrt:fp16")
+INT8_CALIBRATION_BATCHES = 2  # random batches an INT8 part is calibrated on: the ranges change its numbers, not its speed
 FIT_MODELS = 8  # whole models of reduced width timed for the fit (plus the full model): two corners, the rest random ...
 DEPTH_FIT_MODELS = 2  # ... and the first ones again with a quarter and a half of their blocks removed
 CHECK_SECONDS = 2.0  # a plan's check: student and teacher called alternately for at least 4 s ...
@@ -344,6 +345,8 @@ class _Clock:
             raise MeasureError(f"profiling: cannot export a {type(module).__name__} to ONNX: {type(e).__name__}: {e}") from e
         if needs == "engine":
             return self._engine_run(path, example, deployed)
+        if target_precision(self.target) == "int8":
+            path = _int8(path, example, whole_model=deployed)
         providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] \
             if self.device.type == "cuda" else ["CPUExecutionProvider"]
         session = ort_session(path, threads=self.threads, providers=providers)
@@ -383,6 +386,26 @@ class _Clock:
 
 
 _NO_TIME_LIMIT = 1e9  # profiling stops on counts and minimum time, never on a time limit
+
+
+def _int8(path: Path, example: torch.Tensor, whole_model: bool) -> Path:
+    """`path` quantized as `vitshrink export --target onnx-int8` quantizes a model (the default recipe: the same
+    Q/DQ nodes), calibrated on random inputs of the example's shape: only the graph matters for its time. A
+    sub-block has no head: its last linear layer, which the graph walk may take for one, is quantized too."""
+    from vitshrink.exporters.int8 import Int8Recipe, op_groups, quantize_int8
+
+    batch = example.shape[0]  # sub-blocks are exported with the example's static batch
+    recipe = Int8Recipe(calibration_images=INT8_CALIBRATION_BATCHES * batch)
+    if not whole_model:
+        recipe = dataclasses.replace(recipe, ops=(*recipe.ops, "head"))
+    found = op_groups(path)
+    if not any(found[g] for g in recipe.ops):  # the empty call, a block with no heads: nothing to quantize
+        return path
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((recipe.calibration_images, *example.shape[1:])).astype(np.float32)
+    out = path.with_suffix(".int8.onnx")
+    quantize_int8(path, out, recipe, calibration, batch=batch)
+    return out
 
 
 def _paired_ratio(run: Callable[[], object], other: Callable[[], object], repeats: int, min_seconds: float,
