@@ -97,7 +97,7 @@ def _int8_lines(int8: dict) -> list[str]:
         lo, hi = acc["drop_ci95"]
         lines.append(f"  validation top-1 {acc['fp32_top1']:.2%} (FP32) -> {acc['int8_top1']:.2%} (INT8) on "
                      f"{acc['images']} held-out training images: drop {acc['drop_points']:+.2f} points "
-                     f"(95% CI {lo:+.2f} to {hi:+.2f}), allowed {acc['max_drop']:g}")
+                     f"(95% CI {lo:+.2f} to {hi:+.2f}), at most {acc['max_drop']:g} allowed (--int8-max-drop)")
     return lines
 
 

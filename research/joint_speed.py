@@ -4,8 +4,9 @@
 
 ViT-S/16 (random weights: speed does not depend on them) is profiled on ONNX Runtime CPU at each batch size
 (`vitshrink profile`). Joint plans for `--reduce latency=R` are made on the table from Taylor scores of random
-images and block removal estimates drawn at random (an untrained model has no meaningful ones; random ones
-make plans that remove different blocks, which is what is checked here: the price of a removed block). Each
+images and block removal estimates drawn at random between 0 and half a block's summed unit scores (an untrained
+model has no meaningful ones; cheap random ones make plans that remove blocks, which is what is checked here: the
+price of a removed block). Tables are saved beside `--out` and read back by a rerun. Each
 plan is landed as `compress` lands a latency plan (timed against the teacher on the target and re-aimed by its
 miss, `land_on_target`), then the kept plan is timed against the teacher once more, alone, as `bench` times
 it. Reported per plan: blocks removed, predicted and realised reduction, the student's measured ms against the
@@ -14,6 +15,8 @@ table's prediction.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 
 from research.latency_plan import cut, random_scores, time_against_teacher
-from vitshrink.compressor.core.atomic import write_json_atomic
+from vitshrink.compressor.core.atomic import write_json_atomic, write_text_atomic
+from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.model_loading import load_model
 from vitshrink.compressor.planning.joint import plan_joint
 from vitshrink.compressor.planning.landing import land_on_target
@@ -50,8 +54,13 @@ def land_joint(model, costs, scores, removal, reduction: float):
 @click.option("--batch-sizes", default="1,8", show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--draws", default=2, show_default=True, help="Random removal estimates per reduction.")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
-def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws: int, out: Path) -> None:
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSON file; a .md beside it.")
+@click.option("--report-only", is_flag=True, help="Write the .md from an existing JSON file.")
+def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws: int, out: Path,
+         report_only: bool) -> None:
+    if report_only:
+        write_text_atomic(out.with_suffix(".md"), markdown(json.loads(out.read_text())))
+        return
     torch.set_num_threads(threads)
     teacher = load_model(model_name)
     model = teacher.model.eval()
@@ -61,19 +70,25 @@ def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws
     policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=20, min_time_s=2.0, max_time_s=120.0)
     rows = []
     for batch in (int(b) for b in batch_sizes.split(",")):
+        table_file = out.parent / f"{out.stem}-table-b{batch}.json"
         started = time.perf_counter()
-        table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=8, log=print)
-        profile_s = time.perf_counter() - started
+        if table_file.is_file():  # profiled by an earlier run: read back
+            table = LatencyTable.load(table_file)
+        else:
+            table = profile(model, "ort-cpu", batch=batch, threads=threads, round_to=8, log=print)
+            table.save(table_file)
+        profile_s = table.seconds or time.perf_counter() - started
         costs = model_costs(model, "latency", table)
         for reduction in (float(r) for r in reductions.split(",")):
             for draw in range(draws):
-                # removal estimates between 0.1x and 1.5x a block's summed unit scores: some blocks are cheaper
-                # to remove than to narrow, others not
-                removal = unit_sum * np.random.default_rng(draw).uniform(0.1, 1.5, len(unit_sum))
+                # removal estimates between 0 and 0.5x a block's summed unit scores: some blocks are cheap to
+                # remove, so that the plans remove blocks (what is checked here)
+                removal = unit_sum * np.random.default_rng(draw).uniform(0.0, 0.5, len(unit_sum))
                 plan, checks = land_joint(model, costs, scores, removal, reduction)
                 student = cut(model, plan.plan)
-                timed = time_against_teacher(model, {"joint": student}, io, batch, threads, policy,
-                                             out.parent / f"timing-b{batch}", seed=draw)["joint"]
+                with tempfile.TemporaryDirectory(prefix="joint-speed-") as work:  # ONNX files, 88 MB each
+                    timed = time_against_teacher(model, {"joint": student}, io, batch, threads, policy, Path(work),
+                                                 seed=draw)["joint"]
                 predicted_ms = model_cost(student, "latency", table)
                 relative = (1 / timed["ratio"]) / (predicted_ms / costs.total) - 1
                 row = {"batch": batch, "target": reduction, "draw": draw, "blocks_removed": list(plan.plan.drop_blocks),
@@ -88,6 +103,22 @@ def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws
                       f"-{row['predicted_reduction']:.1%}, realised -{row['realised_reduction']:.1%} "
                       f"(prediction error {relative:+.1%} of the student's time)")
                 write_json_atomic(out, {"model": model_name, "threads": threads, "rows": rows})
+    write_text_atomic(out.with_suffix(".md"), markdown({"model": model_name, "threads": threads, "rows": rows}))
+
+
+def markdown(record: dict) -> str:
+    lines = [f"Joint plans on {record['model']} (random weights), ONNX Runtime CPU, {record['threads']} threads: each "
+             "plan landed by the latency check as `compress` lands it, then timed against the teacher alone "
+             "(`python -m research.joint_speed`). Prediction error: the student's measured share of the teacher's "
+             "time against the table's.", "",
+             "| batch | target | blocks removed | predicted − | realised − (speedup 95% CI) | prediction error |",
+             "|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        lo, hi = r["speedup_ci"]
+        lines.append(f"| {r['batch']} | {r['target']:.0%} | {r['blocks_removed'] or '-'} | "
+                     f"{r['predicted_reduction']:.1%} | {r['realised_reduction']:.1%} ({lo:.3f}–{hi:.3f}x) | "
+                     f"{r['relative_prediction_error']:+.1%} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

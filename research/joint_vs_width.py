@@ -142,12 +142,12 @@ def main(table: Path, work: Path, out: Path, budgets: str, seeds: str, rounds: i
                "removal_estimates": plans["removal"]}
         correct = {}
         for kind in ("joint", "width"):
+            write_plan(work / f"{name}-{kind}.json", plans[kind].plan, teacher.model, note=f"{kind} plan for {text}")
+        for kind in ("joint", "width"):
             plan = plans[kind]
             predicted = 1 - latency_table.predict([(h, m) for h, m in zip(plan.heads_kept, plan.neurons_kept,
                                                                            strict=True) if h]) / \
                 latency_table.predict([(b.attn.num_heads, b.mlp.fc1.out_features) for b in teacher.model.blocks])
-            plan_file = work / f"{name}-{kind}.json"
-            write_plan(plan_file, plan.plan, teacher.model, note=f"{kind} plan for {text}")
             cut_correct = _test_correct(cuts[kind], test_loader)
             students = []
             for seed in (int(s) for s in seeds.split(",")):

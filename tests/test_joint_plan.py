@@ -232,3 +232,11 @@ def test_stages_joint_from_the_command_line_is_one_clear_line_when_combined(tmp_
                                        "--no-progress"])
     assert result.exit_code == 2 and "give it alone (--stages joint" in result.output  # a usage error
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.work").exists()
+
+
+def test_a_latency_budget_in_one_step_plans_joint_by_default_and_other_budgets_width():
+    assert CompressConfig(Budget("latency", 0.3)).stages == ("joint",)
+    assert CompressConfig(Budget("latency", 0.3), width_steps=2).stages == ("width",)
+    assert CompressConfig(Budget("flops", 0.3)).stages == ("width",)
+    assert CompressConfig(Budget("params", 0.3)).stages == ("width",)
+    assert CompressConfig(Budget("latency", 0.3), stages=("width",)).stages == ("width",)

@@ -160,7 +160,7 @@ def test_a_resumed_stage_cuts_the_plan_it_wrote_not_a_new_one(teacher_and_table,
     teacher, table = teacher_and_table
     out = tmp_path / "student"
     assert _compress(teacher, table, out, "--no-latency-check").exit_code == 0
-    stage = tmp_path / "student.work" / "stage1-width"
+    stage = tmp_path / "student.work" / "stage1-joint"
     import shutil
 
     shutil.rmtree(stage / "artifact")  # the stage did not finish
@@ -178,7 +178,7 @@ def test_a_resume_with_other_settings_does_not_reuse_the_written_plan(teacher_an
     teacher, table = teacher_and_table
     out = tmp_path / "student"
     assert _compress(teacher, table, out, "--no-latency-check").exit_code == 0
-    stage = tmp_path / "student.work" / "stage1-width"
+    stage = tmp_path / "student.work" / "stage1-joint"
     import shutil
 
     shutil.rmtree(stage / "artifact")
@@ -196,7 +196,7 @@ def test_a_resume_that_turns_the_check_on_names_the_flag(teacher_and_table, tmp_
     assert _compress(teacher, table, out, "--no-latency-check").exit_code == 0
     import shutil
 
-    shutil.rmtree(tmp_path / "student.work" / "stage1-width" / "artifact")
+    shutil.rmtree(tmp_path / "student.work" / "stage1-joint" / "artifact")
     result = _compress(teacher, table, out, "--resume")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "made with --no-latency-check, this run has the latency check" in result.output
@@ -228,7 +228,7 @@ def test_a_resumed_stage_keeps_how_its_plan_was_timed_and_chosen(teacher_and_tab
     assert first["stages"][0]["latency_checks"] and first["stages"][0]["plan_choices"]
     import shutil
 
-    shutil.rmtree(tmp_path / "student.work" / "stage1-width" / "artifact")  # interrupted before the stage finished
+    shutil.rmtree(tmp_path / "student.work" / "stage1-joint" / "artifact")  # interrupted before the stage finished
     result = _compress(teacher, table, out, "--resume")
     assert result.exit_code == 0, result.output
     assert "resuming with the plan in" in result.output and "latency check: plan for" not in result.output
@@ -254,7 +254,7 @@ def test_a_run_without_the_check_repeats_exactly_and_a_checked_run_says_it_may_n
     assert _compress(teacher, table, tmp_path / "checked").exit_code == 0
     checked = load_artifact(tmp_path / "checked")
     assert checked.compression["repeatable"] is False and "--plan" in checked.compression["repeatable_note"]
-    plan = tmp_path / "checked.work" / "stage1-width" / "plan.json"
+    plan = tmp_path / "checked.work" / "stage1-joint" / "plan.json"
     again = _run("compress", "--model", teacher, "--plan", plan, "--epochs", "0", "--calib-batches", "2",
                  "--out", tmp_path / "replayed", "--no-progress")
     assert again.exit_code == 0, again.output

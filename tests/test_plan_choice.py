@@ -136,13 +136,15 @@ def _compress(tmp_path, *extra):
     return result.output, load_artifact(out).compression
 
 
-def test_compress_with_a_validation_split_keeps_the_plan_with_the_lower_validation_loss(tmp_path):
-    output, record = _compress(tmp_path)
+@pytest.mark.parametrize(("stages", "names"), [((), ["joint", "knapsack", "flops"]),  # the default for latency
+                                               (("--stages", "width"), ["knapsack", "flops"])])
+def test_compress_with_a_validation_split_keeps_the_plan_with_the_lower_validation_loss(tmp_path, stages, names):
+    output, record = _compress(tmp_path, *stages)
     choices = record["stages"][0]["plan_choices"]
     assert len(choices) == 1 and choices[0]["aim"] == pytest.approx(0.3)
     candidates = choices[0]["candidates"]
-    assert set(candidates) == {"knapsack", "flops"}
-    lower = min(candidates, key=lambda name: (candidates[name]["val_loss"], name != "knapsack"))
+    assert list(candidates) == names
+    lower = min(candidates, key=lambda name: (candidates[name]["val_loss"], names.index(name)))
     assert choices[0]["chosen"] == lower and f"kept the {lower} plan" in output
     # the cut is the chosen plan: its predicted reduction is the one recorded for it
     predicted = record["latency"]["predicted_ms"]

@@ -162,7 +162,7 @@ def _data_options(kw: dict):
 
 def compress_config(kw: dict) -> CompressConfig:
     """The `compress` options (click's parsed values) as one config object."""
-    stages = tuple(s.strip() for s in kw["stages"].split(",") if s.strip())
+    stages = tuple(s.strip() for s in kw["stages"].split(",") if s.strip()) if kw.get("stages") else None
     try:
         plan, plan_model = read_plan_file(kw["plan_file"]) if kw.get("plan_file") else (None, None)
         return CompressConfig(
@@ -209,12 +209,11 @@ def compress_config(kw: dict) -> CompressConfig:
               help="Do not time the latency plan. By default a plan that makes the whole cut (--stages width or joint, one "
                    "width step), on a table measured on this machine, is timed against the teacher on the target "
                    "and re-planned, twice at most, when it misses the target by more than 1 point.")
-@click.option("--stages", default="width", show_default=True,
+@click.option("--stages", default=None,
               help="Stages in order: width, depth, or width,depth (the paper's order); each cut is followed by "
                    "distillation. joint: one cut that may remove blocks and narrow the others, planned together "
                    "on the budget's metric, kept only if it beats the width-only plan on the validation split. "
-                   "Default width: at equal budget it was more accurate than width,depth on the validation "
-                   "split (docs/compress.md, Defaults).")
+                   "[default: joint for a latency budget (one width step), else width; docs/compress.md, Defaults]")
 @click.option("--width-steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the width stage into N prune+distill steps (iterative pruning); N > 1 needs a width stage.")
 @click.option("--depth-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,

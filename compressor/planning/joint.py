@@ -81,6 +81,12 @@ def plan_joint(costs: ModelCosts, scores: Scores, removal_loss: np.ndarray, *, t
     losses = [np.append(loss, float(removal_loss[i])) for i, (_, _, loss) in enumerate(per_block)]
     prices = [np.append(cost, 0.0) for _, cost, _ in per_block]
     room = costs.total - costs.fixed - target_removed  # what the kept blocks may cost together
+    cheapest_kept = min(float(np.min(cost)) for _, cost, _ in per_block)  # one block at its narrowest, the rest gone
+    if cheapest_kept > room:
+        most = (already_removed + costs.total - costs.fixed - cheapest_kept) / reference_total
+        raise BudgetError(f"removing blocks and narrowing the others can remove at most {most:.1%} of "
+                          f"{costs.metric} with --min-heads {min_heads} and --round-to {round_to} (one block stays); "
+                          "lower the target")
     floor = max(room - tolerance * reference_total, 0.0) if tolerance is not None else 0.0
     removed_index = [len(p) - 1 for p in prices]
     chosen = _solve_keeping_a_block(losses, prices, removed_index, room, floor)
