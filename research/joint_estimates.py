@@ -15,7 +15,6 @@ Writes estimates.json and estimates.md. The test split is not read.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from pathlib import Path
 
@@ -24,11 +23,12 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from research.latency_plan import cut
+from research.max_drop_reference import DATA, TEACHER
 from vitshrink.compressor.core.atomic import write_json_atomic, write_text_atomic
 from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.model_loading import load_model
-from vitshrink.compressor.core.spec import ArchSpec
-from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
+from vitshrink.compressor.core.surgery import PrunePlan
 from vitshrink.compressor.jobs.compress_job import DataOptions, build_compress_data
 from vitshrink.compressor.jobs.pipeline import CompressConfig
 from vitshrink.compressor.planning.joint import BLOCK_ESTIMATES, block_losses, plan_joint
@@ -40,16 +40,6 @@ from vitshrink.compressor.scoring.importance import (
     score_units,
 )
 from vitshrink.compressor.training.evaluate import evaluate
-
-ROOT = Path(__file__).resolve().parents[1]
-TEACHER = ROOT.parent / "shared" / "models" / "cifar10-vit"
-DATA = ROOT.parent / "shared" / "datasets" / "cifar10"
-
-
-def _cut(model, plan: PrunePlan):
-    student = copy.deepcopy(model)
-    apply_plan(student, ArchSpec.from_model(student), plan)
-    return student.eval()
 
 
 def _unit_loss(scores, plan: PrunePlan, depth: int) -> float:
@@ -110,7 +100,7 @@ def main(table: Path, out: Path, levels: str, budgets: str) -> None:
                 width = plan_width(rest, kept_units, target_removed=target, reference_total=flops.total,
                                    already_removed=flops.total - rest.total, tolerance=None) if target > 0 else None
                 plan = _with_blocks_dropped(width.plan, kept, drop) if width else PrunePlan(drop_blocks=drop)
-                metrics = evaluate(_cut(model, plan), data.val_loader)
+                metrics = evaluate(cut(model, plan), data.val_loader)
                 row = {"level": level, "drop": list(drop), "true": metrics["loss"] - base["loss"],
                        "top1": metrics["top1"], "unit_loss": _unit_loss(units, plan, depth)}
                 cuts.append(row)
@@ -137,11 +127,11 @@ def main(table: Path, out: Path, levels: str, budgets: str) -> None:
         costs = model_costs(model, budget.metric, latency_table if budget.metric == "latency" else None)
         target = budget.reduction * costs.total
         width = plan_width(costs, units, target_removed=target, reference_total=costs.total)
-        row = {"budget": text, "width": evaluate(_cut(model, width.plan), data.val_loader)["loss"]}
+        row = {"budget": text, "width": evaluate(cut(model, width.plan), data.val_loader)["loss"]}
         for name, removal in estimates.items():
             joint = plan_joint(costs, units, removal, target_removed=target, reference_total=costs.total)
             same = joint.plan == width.plan
-            row[name] = {"val_loss": row["width"] if same else evaluate(_cut(model, joint.plan), data.val_loader)["loss"],
+            row[name] = {"val_loss": row["width"] if same else evaluate(cut(model, joint.plan), data.val_loader)["loss"],
                          "drop": list(joint.plan.drop_blocks), "heads": list(joint.heads_kept),
                          "mlp": list(joint.neurons_kept)}
         choices.append(row)

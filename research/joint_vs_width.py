@@ -9,7 +9,7 @@ For each budget (`--budgets`; a latency budget is planned on `--table`, ORT CPU 
   `compress --stages width` keeps it (without the timing check, so both plans stand at the same prediction);
 - both cuts timed against the teacher in one interleaved ONNX Runtime CPU run (batch and threads of the table),
   and their table predictions beside;
-- both plans distilled with the same budget (`BUDGET`, `compress --plan`) for each seed;
+- both plans distilled with the same budget (`research.max_drop_reference.BUDGET`, `compress --plan`) for each seed;
 - every cut and distilled student on all 10,000 test images, joint − width paired per seed and over seeds.
 Where the two plans are the same plan, nothing is distilled twice: the comparison is a tie by identity.
 Writes summary.json and summary.md; finished compress runs are read back, so a rerun continues.
@@ -17,9 +17,6 @@ Writes summary.json and summary.md; finished compress runs are read back, so a r
 
 from __future__ import annotations
 
-import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -27,13 +24,13 @@ import numpy as np
 import torch
 
 from research.equal_latency import time_rounds
+from research.latency_plan import cut
+from research.max_drop_reference import BUDGET, DATA, TEACHER, compress
 from research.paired import compare_correct, paired_bootstrap_ci
 from vitshrink.compressor.core.artifact import load_artifact
 from vitshrink.compressor.core.atomic import write_json_atomic, write_text_atomic
 from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.model_loading import load_model
-from vitshrink.compressor.core.spec import ArchSpec
-from vitshrink.compressor.core.surgery import PrunePlan, apply_plan
 from vitshrink.compressor.data.datasets import build_dataset, build_loader
 from vitshrink.compressor.jobs.compress_job import DataOptions, build_compress_data
 from vitshrink.compressor.jobs.pipeline import CompressConfig
@@ -51,18 +48,6 @@ from vitshrink.compressor.training.evaluate import evaluate
 from vitshrink.exporters.io_spec import IOSpec
 from vitshrink.exporters.runtime.timing import TimingPolicy
 
-ROOT = Path(__file__).resolve().parents[1]
-TEACHER = ROOT.parent / "shared" / "models" / "cifar10-vit"
-DATA = ROOT.parent / "shared" / "datasets" / "cifar10"
-BUDGET = ["--train-limit", "5000", "--epochs", "4", "--batch-size", "128", "--val-split", "2000",
-          "--eval-limit", "2000", "--calib-batches", "8"]
-
-
-def _cut(model, plan: PrunePlan):
-    student = copy.deepcopy(model)
-    apply_plan(student, ArchSpec.from_model(student), plan)
-    return student.eval()
-
 
 def _plans(teacher, budget: Budget, table: LatencyTable | None) -> dict:
     """The joint and the width-only plan for `budget`, from the calibration batches compress uses."""
@@ -79,25 +64,12 @@ def _plans(teacher, budget: Budget, table: LatencyTable | None) -> dict:
     flops = model_costs(model, "flops") if table is not None else None
     target = budget.reduction * costs.total
     joint = plan_joint(costs, units, removal, target_removed=target, reference_total=costs.total)
-    metrics = lambda plan: evaluate(_cut(model, plan), data.val_loader)  # noqa: E731
+    metrics = lambda plan: evaluate(cut(model, plan), data.val_loader)  # noqa: E731
     candidates = width_candidates(costs, flops, units, target_removed=target, tolerance=TOLERANCE, min_heads=1,
                                   round_to=8)
     width, choice = choose_plan(candidates, metrics, budget.reduction)
     return {"joint": joint, "width": width, "width_choice": choice.to_dict(), "removal": removal.tolist(),
             "val": {name: metrics(p.plan) for name, p in (("joint", joint), ("width", width))}}
-
-
-def _compress(out: Path, plan_file: Path, seed: int) -> None:
-    if (out / "compression.json").is_file():
-        return
-    resume = ["--resume"] if (out.parent / f"{out.name}.work").is_dir() else []
-    command = [sys.executable, str(ROOT / "cli.py"), "compress", "--model", str(TEACHER), "--dataset", "imagefolder",
-               "--data-dir", str(DATA), *BUDGET, "--plan", str(plan_file), "--seed", str(seed), "--out", str(out),
-               "--no-progress", *resume]
-    with (out.parent / f"{out.name}.log").open("a") as f:
-        f.write(" ".join(command) + "\n")
-        f.flush()
-        subprocess.run(command, check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 def _test_correct(model, test_loader) -> np.ndarray:
@@ -135,7 +107,7 @@ def main(table: Path, work: Path, out: Path, budgets: str, seeds: str, rounds: i
         plans = _plans(teacher, budget, latency_table if budget.metric == "latency" else None)
         same = plans["joint"].plan == plans["width"].plan
         name = text.replace("=", "")
-        cuts = {k: _cut(teacher.model, plans[k].plan) for k in ("joint", "width")}
+        cuts = {k: cut(teacher.model, plans[k].plan) for k in ("joint", "width")}
         timed = time_rounds(teacher.model, cuts, io, latency_table.key.batch, latency_table.key.threads or 2, policy,
                             rounds, work / f"timing-{name}", seed=0)
         row = {"budget": text, "same_plan": same, "width_choice": plans["width_choice"],
@@ -152,7 +124,7 @@ def main(table: Path, work: Path, out: Path, budgets: str, seeds: str, rounds: i
             students = []
             for seed in (int(s) for s in seeds.split(",")):
                 folder = work / f"{name}-{'width' if same else kind}-s{seed}"
-                _compress(folder, work / f"{name}-{'width' if same else kind}.json", seed)
+                compress(folder, "--plan", str(work / f"{name}-{'width' if same else kind}.json"), "--seed", str(seed))
                 students.append(_test_correct(load_artifact(folder).model, test_loader))
             correct[kind] = {"cut": cut_correct, "distilled": np.stack(students)}
             speedup = timed[kind]["speedup"]
