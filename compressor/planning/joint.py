@@ -16,7 +16,7 @@ import numpy as np
 from vitshrink.compressor.core.errors import BudgetError
 from vitshrink.compressor.core.surgery import PrunePlan
 from vitshrink.compressor.planning import knapsack
-from vitshrink.compressor.planning.planner import ModelCosts, WidthPlan, _neuron_groups
+from vitshrink.compressor.planning.planner import ModelCosts, WidthPlan, _neuron_groups, removal_chains
 from vitshrink.compressor.scoring.importance import Scores
 
 # How a removed block's loss is estimated, on the scale of the width units' Taylor scores:
@@ -49,11 +49,7 @@ def _block_options(costs: ModelCosts, scores: Scores, block: int, min_heads: int
                    ) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
     """The width options of one block: (heads removed, groups removed) pairs, their costs and losses."""
     heads, hidden = costs.num_heads[block], costs.hidden[block]
-    head_scores = np.sort(scores.heads[block], kind="stable")
-    head_loss = np.concatenate([[0.0], np.cumsum(head_scores)])[: max(0, heads - min_heads) + 1]
-    groups = _neuron_groups(scores.neurons[block], round_to)[:-1]  # the last group stays
-    group_loss = np.concatenate([[0.0], np.cumsum([scores.neurons[block][g].sum() for g in groups])])
-    neurons_gone = np.concatenate([[0], np.cumsum([len(g) for g in groups])]).astype(int)
+    head_loss, group_loss, neurons_gone = removal_chains(scores, block, min_heads, round_to)
     if costs.table is not None:
         table = costs.table
         head_cost = np.array([table.attention_cost(heads - k) for k in range(len(head_loss))])

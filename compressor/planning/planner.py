@@ -512,13 +512,10 @@ def _plan_latency(costs: ModelCosts, scores: Scores, *, target_removed: float, r
     groups = [_neuron_groups(scores.neurons[i], round_to) for i in range(costs.depth)]
     losses, prices, options = [], [], []  # per sub-block: option -> loss removed, predicted ms, units removed
     for i in range(costs.depth):
-        removable = max(0, costs.num_heads[i] - min_heads)
-        head_loss = np.concatenate([[0.0], np.cumsum(scores.heads[i][head_order[i]])])[: removable + 1]
+        head_loss, group_loss, sizes = removal_chains(scores, i, min_heads, round_to)
         losses.append(head_loss)
-        prices.append([table.attention_cost(costs.num_heads[i] - k) for k in range(removable + 1)])
+        prices.append([table.attention_cost(costs.num_heads[i] - k) for k in range(len(head_loss))])
         options.append(("head", i))
-        sizes = [0, *np.cumsum([len(g) for g in groups[i][:-1]])]  # keep the last group
-        group_loss = np.concatenate([[0.0], np.cumsum([scores.neurons[i][g].sum() for g in groups[i][:-1]])])
         losses.append(group_loss)
         prices.append([table.mlp_cost(costs.hidden[i] - int(n)) for n in sizes])
         options.append(("group", i))
@@ -554,6 +551,19 @@ def _plan_latency(costs: ModelCosts, scores: Scores, *, target_removed: float, r
         heads_kept=tuple(len(keep_heads[i]) for i in range(costs.depth)),
         neurons_kept=tuple(len(keep_neurons[i]) for i in range(costs.depth)),
     )
+
+
+def removal_chains(scores: Scores, block: int, min_heads: int, round_to: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What removing the first k heads (lowest-scored first, `min_heads` stay) or the first n neuron groups (the
+    last group stays) of `block` loses: summed scores per k and per n, and the neurons the n groups hold."""
+    heads = scores.heads[block]
+    removable = max(0, len(heads) - min_heads)
+    head_loss = np.concatenate([[0.0], np.cumsum(np.sort(heads, kind="stable"))])[: removable + 1]
+    groups = _neuron_groups(scores.neurons[block], round_to)[:-1]
+    group_loss = np.concatenate([[0.0], np.cumsum([scores.neurons[block][g].sum() for g in groups])])
+    sizes = np.concatenate([[0], np.cumsum([len(g) for g in groups])]).astype(int)
+    return head_loss, group_loss, sizes
 
 
 def _neuron_groups(neuron_scores: np.ndarray, round_to: int) -> list[np.ndarray]:
