@@ -108,8 +108,8 @@ def _sections(bench: dict) -> list[tuple[str, tuple, list]]:
     return [
         ("Models", *model_rows(bench)),
         ("Latency per batch (timed teacher/student alternately)", *latency_rows(bench)),
-        ("Speedup = teacher p50 / student p50, same run", *speedup_rows(bench)),
-        ("INT8 student against FP32 = FP32 p50 / INT8 student p50, same rounds", *precision_rows(bench)),
+        ("Speedup = median over timing rounds of teacher time / student time, same run", *speedup_rows(bench)),
+        ("INT8 student against FP32 = median over timing rounds of FP32 time / INT8 student time", *precision_rows(bench)),
         (f"Accuracy ({acc[0]['dataset']} eval, {acc[0]['n']} images)" if acc else "Accuracy", *accuracy_rows(bench)),
         (f"Peak memory (batch {memory_batch}, one process per model and backend)", *memory_rows(bench)),
     ]

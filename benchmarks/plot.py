@@ -10,6 +10,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitshrink.benchmarks.stats import MIN_CI_ROUNDS
 from vitshrink.compressor.core.atomic import atomic_file
 
 MARKERS = {"teacher": "o", "student": "^"}
@@ -77,9 +78,12 @@ def save_plot(bench: dict, path: Path) -> Path:
 
     speedups = bench["speedup"]
     for backend in dict.fromkeys(r["backend"] for r in speedups):
-        rows = sorted((r["batch"], r["ratio"], r["ci_low"], r["ci_high"]) for r in speedups if r["backend"] == backend)
-        batches, ratios, lows, highs = zip(*rows, strict=True)
+        rows = sorted((r["batch"], r["ratio"], r["ci_low"], r["ci_high"], r["pairs"])
+                      for r in speedups if r["backend"] == backend)
+        batches, ratios, lows, highs, pairs = zip(*rows, strict=True)
         errors = [[r - lo for r, lo in zip(ratios, lows, strict=True)], [hi - r for r, hi in zip(ratios, highs, strict=True)]]
+        if not all(n >= MIN_CI_ROUNDS for n in pairs):  # no 95% interval from so few rounds (bench_report shows none)
+            errors = None
         spd_ax.errorbar(batches, ratios, yerr=errors, marker="o", capsize=3, color=color.get(backend), label=backend)
     if speedups:
         spd_ax.axhline(speedups[0]["flops_ratio"], color="black", linestyle=":",
@@ -90,7 +94,7 @@ def save_plot(bench: dict, path: Path) -> Path:
     else:
         spd_ax.text(0.5, 0.5, "no speedup (no teacher)", ha="center", va="center", transform=spd_ax.transAxes)
     spd_ax.set_xlabel("batch size")
-    spd_ax.set_ylabel("speedup (teacher p50 / student p50)")
+    spd_ax.set_ylabel("speedup (median per-round teacher / student)")
     spd_ax.set_title("realised speedup vs FLOPs ratio")
 
     with atomic_file(path) as tmp:

@@ -37,7 +37,7 @@ class Int8Accuracy:
         lo, hi = self.drop_ci95
         return (f"INT8 top-1 on {self.images} validation images {self.int8_top1:.2%} vs FP32 {self.fp32_top1:.2%}: "
                 f"drop {self.drop_points:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), agreement {self.agreement:.2%}, "
-                f"allowed {self.max_drop:g}")
+                f"allowed {self.max_drop:g} point{'' if self.max_drop == 1 else 's'}")
 
 
 def int8_accuracy(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, max_drop: float) -> Int8Accuracy:

@@ -29,15 +29,16 @@ from vitshrink.compressor.core.atomic import write_json_atomic, write_text_atomi
 from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.model_loading import load_model
 from vitshrink.compressor.planning.joint import plan_joint
-from vitshrink.compressor.planning.landing import land_on_target
+from vitshrink.compressor.planning.landing import CHECK_TIMINGS, land_on_target
 from vitshrink.compressor.planning.planner import TOLERANCE, model_cost, model_costs
 from vitshrink.exporters.io_spec import IOSpec
 from vitshrink.exporters.runtime.latency_profile import measure_reduction, profile
 from vitshrink.exporters.runtime.timing import TimingPolicy
 
 
-def land_joint(model, costs, scores, removal, reduction: float):
-    """The joint plan for `reduction` on `costs.table`, landed as `compress` lands a latency plan."""
+def land_joint(model, costs, scores, removal, reduction: float, timings: int = CHECK_TIMINGS):
+    """The joint plan for `reduction` on `costs.table`, landed as `compress` lands a latency plan (each plan timed
+    `timings` times)."""
 
     def plan_for(aim: float):
         plan = plan_joint(costs, scores, removal, target_removed=aim * costs.total, reference_total=costs.total,
@@ -45,7 +46,7 @@ def land_joint(model, costs, scores, removal, reduction: float):
         return plan, plan.removed / costs.total
 
     return land_on_target(plan_for, lambda p: measure_reduction(model, cut(model, p.plan), costs.table), reduction,
-                          log=print)
+                          timings=timings, log=print)
 
 
 @click.command()
@@ -54,9 +55,10 @@ def land_joint(model, costs, scores, removal, reduction: float):
 @click.option("--batch-sizes", default="1,8", show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--draws", default=2, show_default=True, help="Random removal estimates per reduction.")
+@click.option("--timings", default=CHECK_TIMINGS, show_default=True, help="Timings per plan in the latency check.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="JSON file; a .md beside it.")
 @click.option("--report-only", is_flag=True, help="Write the .md from an existing JSON file.")
-def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws: int, out: Path,
+def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws: int, timings: int, out: Path,
          report_only: bool) -> None:
     if report_only:
         write_text_atomic(out.with_suffix(".md"), markdown(json.loads(out.read_text())))
@@ -84,7 +86,7 @@ def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws
                 # removal estimates between 0 and 0.5x a block's summed unit scores: some blocks are cheap to
                 # remove, so that the plans remove blocks (what is checked here)
                 removal = unit_sum * np.random.default_rng(draw).uniform(0.0, 0.5, len(unit_sum))
-                plan, checks = land_joint(model, costs, scores, removal, reduction)
+                plan, checks = land_joint(model, costs, scores, removal, reduction, timings)
                 student = cut(model, plan.plan)
                 with tempfile.TemporaryDirectory(prefix="joint-speed-") as work:  # ONNX files, 88 MB each
                     timed = time_against_teacher(model, {"joint": student}, io, batch, threads, policy, Path(work),
@@ -102,20 +104,25 @@ def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws
                 print(f"batch {batch}, -{reduction:.0%} draw {draw}: blocks {row['blocks_removed']}, predicted "
                       f"-{row['predicted_reduction']:.1%}, realised -{row['realised_reduction']:.1%} "
                       f"(prediction error {relative:+.1%} of the student's time)")
-                write_json_atomic(out, {"model": model_name, "threads": threads, "rows": rows})
-    write_text_atomic(out.with_suffix(".md"), markdown({"model": model_name, "threads": threads, "rows": rows}))
+                write_json_atomic(out, {"model": model_name, "threads": threads, "timings": timings, "rows": rows})
+    write_text_atomic(out.with_suffix(".md"), markdown({"model": model_name, "threads": threads, "timings": timings,
+                                                        "rows": rows}))
 
 
 def markdown(record: dict) -> str:
+    timings = record.get("timings", 1)  # records before the check averaged timings took one per plan
     lines = [f"Joint plans on {record['model']} (random weights), ONNX Runtime CPU, {record['threads']} threads: each "
-             "plan landed by the latency check as `compress` lands it, then timed against the teacher alone "
-             "(`python -m research.joint_speed`). Prediction error: the student's measured share of the teacher's "
-             "time against the table's.", "",
-             "| batch | target | blocks removed | predicted − | realised − (speedup 95% CI) | prediction error |",
-             "|---|---|---|---|---|---|"]
+             f"plan landed by the latency check as `compress` lands it ({timings} timing{'s' * (timings > 1)} per "
+             "plan), then timed against the teacher alone (`python -m research.joint_speed`). Prediction error: the "
+             "student's measured share of the teacher's time against the table's.", "",
+             "| batch | target | blocks removed | checks: aim → measured | predicted − | realised − (speedup 95% CI) "
+             "| prediction error |",
+             "|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         lo, hi = r["speedup_ci"]
-        lines.append(f"| {r['batch']} | {r['target']:.0%} | {r['blocks_removed'] or '-'} | "
+        checks = ", ".join(f"{c['aim']:.1%} → {c['measured']:.1%}" + (" (kept)" if c["kept"] else "")
+                           for c in r["checks"])
+        lines.append(f"| {r['batch']} | {r['target']:.0%} | {r['blocks_removed'] or '-'} | {checks} | "
                      f"{r['predicted_reduction']:.1%} | {r['realised_reduction']:.1%} ({lo:.3f}–{hi:.3f}x) | "
                      f"{r['relative_prediction_error']:+.1%} |")
     return "\n".join(lines) + "\n"

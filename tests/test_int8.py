@@ -90,7 +90,7 @@ def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_published(tm
         return real(fp32, -int8, fp32.argmax(1), max_drop)
 
     monkeypatch.setattr(export_job, "int8_accuracy", broken)
-    with pytest.raises(Int8AccuracyError, match=r"drop \+100.00 points .* allowed 1; nothing was written"):
+    with pytest.raises(Int8AccuracyError, match=r"drop \+100.00 points .* allowed 1 point; nothing was written"):
         export(folder, ExportConfig(target="onnx-int8", **DIGITS))
     assert not (folder / INT8_ONNX_FILE).exists() and not (folder / EXPORT_JSON).exists()
     assert not (folder / ONNX_FILE).exists()
@@ -98,7 +98,7 @@ def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_published(tm
     result = CliRunner().invoke(main, ["export", str(folder), "--target", "onnx-int8", "--dataset", "digits",
                                        "--int8-max-drop", "0.5"])
     assert result.exit_code == 1
-    assert result.output.count("\n") == 1 and "allowed 0.5; nothing was written" in result.output
+    assert result.output.count("\n") == 1 and "allowed 0.5 points; nothing was written" in result.output
     assert not (folder / INT8_ONNX_FILE).exists()
 
 

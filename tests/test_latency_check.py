@@ -38,7 +38,8 @@ def test_a_plan_within_the_tolerance_is_kept_without_re_planning():
 
 def test_the_closest_measured_plan_is_kept_after_the_last_round():
     measurements = iter([0.25, 0.37, 0.285])  # noisy: never within 1 point; the third is closest
-    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: next(measurements), 0.30, rounds=2, log=_quiet)
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: next(measurements), 0.30, rounds=2, timings=1,
+                                  log=_quiet)
     assert len(checks) == 3 and plan == pytest.approx(checks[2].aim)
     assert [c.kept for c in checks] == [False, False, True]
     assert [c.aim for c in checks] == pytest.approx([0.30, 0.35, 0.28])
@@ -47,6 +48,25 @@ def test_the_closest_measured_plan_is_kept_after_the_last_round():
 def test_rounds_zero_times_the_plan_once_and_keeps_it():
     plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: 0.2, 0.30, rounds=0, log=_quiet)
     assert plan == 0.30 and len(checks) == 1 and checks[0].measured == 0.2
+
+
+def test_a_plan_is_re_aimed_by_the_mean_of_its_timings_not_by_one():
+    # one timing reads 2 points short, the next 0.2 short: the mean misses by 1.1 points, and the re-aim moves by
+    # that, not by the 2 points one timing alone would have moved it
+    timings = iter([0.28, 0.298, 0.301, 0.303])
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: next(timings), 0.30, timings=2,
+                                  log=_quiet)
+    assert checks[0].timings == pytest.approx((0.28, 0.298)) and checks[0].measured == pytest.approx(0.289)
+    assert checks[1].aim == pytest.approx(0.311) and plan == pytest.approx(0.311)
+    assert checks[1].to_dict()["timings"] == [0.301, 0.303] and checks[1].to_dict()["kept"] is True
+
+
+def test_one_timing_per_plan_by_default_and_zero_is_refused():
+    calls = []
+    plan, checks = land_on_target(lambda aim: (aim, aim), lambda plan: calls.append(plan) or 0.30, 0.30, log=_quiet)
+    assert len(calls) == 1 and checks[0].timings == (0.30,)
+    with pytest.raises(ValueError, match="timings must be at least 1, got 0"):
+        land_on_target(lambda aim: (aim, aim), lambda plan: 0.30, 0.30, timings=0, log=_quiet)
 
 
 def test_a_re_aim_past_the_budget_keeps_the_plans_measured_so_far():
