@@ -81,10 +81,7 @@ def save_plot(bench: dict, path: Path) -> Path:
         rows = sorted((r["batch"], r["ratio"], r["ci_low"], r["ci_high"], r["pairs"])
                       for r in speedups if r["backend"] == backend)
         batches, ratios, lows, highs, pairs = zip(*rows, strict=True)
-        errors = [[r - lo for r, lo in zip(ratios, lows, strict=True)], [hi - r for r, hi in zip(ratios, highs, strict=True)]]
-        if not all(n >= MIN_CI_ROUNDS for n in pairs):  # no 95% interval from so few rounds (bench_report shows none)
-            errors = None
-        spd_ax.errorbar(batches, ratios, yerr=errors, marker="o", capsize=3, color=color.get(backend), label=backend)
+        spd_ax.errorbar(batches, ratios, yerr=error_bars(ratios, lows, highs, pairs), marker="o", capsize=3, color=color.get(backend), label=backend)
     if speedups:
         spd_ax.axhline(speedups[0]["flops_ratio"], color="black", linestyle=":",
                        label=f"FLOPs ratio {speedups[0]['flops_ratio']:.2f}x")
@@ -100,3 +97,11 @@ def save_plot(bench: dict, path: Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
+
+
+def error_bars(ratios, lows, highs, pairs) -> list[list[float]] | None:
+    """matplotlib's (below, above) extents of each speedup's 95% interval; None where a point has fewer than
+    MIN_CI_ROUNDS rounds, which give no 95% interval (the bench report shows none either)."""
+    if not all(n >= MIN_CI_ROUNDS for n in pairs):
+        return None
+    return [[r - lo for r, lo in zip(ratios, lows, strict=True)], [hi - r for r, hi in zip(ratios, highs, strict=True)]]

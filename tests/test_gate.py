@@ -262,6 +262,7 @@ CI_GATE = '[[gate]]\nmetric = "speedup_ci_low/ort-cpu:fp32/b1"\nmin = 1.0\n'
 
 def test_a_speedup_interval_from_too_few_rounds_is_not_evaluated():
     from vitshrink.benchmarks.bench_report import speedup_rows
+    from vitshrink.benchmarks.plot import error_bars
     from vitshrink.benchmarks.stats import MIN_CI_ROUNDS
 
     one = _timed_bench(1)
@@ -271,6 +272,8 @@ def test_a_speedup_interval_from_too_few_rounds_is_not_evaluated():
     assert result.status == "not evaluated" and result.failed
     assert f"needs at least {MIN_CI_ROUNDS} timing rounds and this run has 1" in result.detail
     assert speedup_rows(one)[1][0][3] == f"- (< {MIN_CI_ROUNDS} rounds)"
+    assert error_bars([2.0], [2.0], [2.0], [1]) is None  # the plot draws no interval either
+    assert error_bars([2.0], [1.8], [2.3], [MIN_CI_ROUNDS]) == [[pytest.approx(0.2)], [pytest.approx(0.3)]]
 
     # a bench.json whose metrics hold the zero-width interval's low end is caught from its rows
     stale = {**one, "metrics": {**one["metrics"], "speedup_ci_low/ort-cpu:fp32/b1": one["speedup"][0]["ci_low"]}}
