@@ -65,11 +65,13 @@ class TableKey:
 
 
 def _architecture_differences(table: dict, wanted: dict) -> list[str]:
-    out = []
+    out, unrecorded = [], [name for name in wanted if name not in table]
+    if unrecorded:
+        out.append(f"architecture: made by an older vitshrink, which did not record {', '.join(unrecorded)}")
     for name in [*wanted, *(k for k in table if k not in wanted)]:
-        if name not in table:
-            out.append(f"architecture.{name}: not in the table (made by an older vitshrink), wanted {wanted[name]!r}")
-        elif name not in wanted:
+        if name in unrecorded:
+            continue
+        if name not in wanted:
             out.append(f"architecture.{name}: table {table[name]!r}, unknown to this vitshrink")
         elif table[name] != wanted[name]:
             out.append(f"architecture.{name}: table {table[name]!r}, wanted {wanted[name]!r}")
