@@ -28,12 +28,22 @@ from research.latency_plan import cut, random_scores, time_against_teacher
 from vitshrink.compressor.core.atomic import write_json_atomic, write_text_atomic
 from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.model_loading import load_model
-from vitshrink.compressor.planning.joint import plan_joint
+from vitshrink.compressor.planning.joint import block_losses, plan_joint
 from vitshrink.compressor.planning.landing import CHECK_TIMINGS, land_on_target
 from vitshrink.compressor.planning.planner import TOLERANCE, model_cost, model_costs
 from vitshrink.exporters.io_spec import IOSpec
 from vitshrink.exporters.runtime.latency_profile import measure_reduction, profile
 from vitshrink.exporters.runtime.timing import TimingPolicy
+
+# the kept plan timed against the teacher alone, as `bench` times a pair
+FINAL_TIMING = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=20, min_time_s=2.0, max_time_s=120.0)
+
+
+def random_removal(scores, draw: int) -> np.ndarray:
+    """Block removal estimates drawn between 0 and half of each block's summed unit scores: some blocks are cheap
+    to remove, so that the plans remove blocks (what is checked here)."""
+    unit_sum = block_losses("unit-sum", scores, None)
+    return unit_sum * np.random.default_rng(draw).uniform(0.0, 0.5, len(unit_sum))
 
 
 def land_joint(model, costs, scores, removal, reduction: float, timings: int = CHECK_TIMINGS):
@@ -68,8 +78,6 @@ def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws
     model = teacher.model.eval()
     io = IOSpec.from_model(model, teacher.data_config)
     scores = random_scores(model, seed=0)
-    unit_sum = np.array([h.sum() + n.sum() for h, n in zip(scores.heads, scores.neurons, strict=True)])
-    policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=20, min_time_s=2.0, max_time_s=120.0)
     rows = []
     for batch in (int(b) for b in batch_sizes.split(",")):
         table_file = out.parent / f"{out.stem}-table-b{batch}.json"
@@ -83,14 +91,12 @@ def main(model_name: str, reductions: str, batch_sizes: str, threads: int, draws
         costs = model_costs(model, "latency", table)
         for reduction in (float(r) for r in reductions.split(",")):
             for draw in range(draws):
-                # removal estimates between 0 and 0.5x a block's summed unit scores: some blocks are cheap to
-                # remove, so that the plans remove blocks (what is checked here)
-                removal = unit_sum * np.random.default_rng(draw).uniform(0.0, 0.5, len(unit_sum))
+                removal = random_removal(scores, draw)
                 plan, checks = land_joint(model, costs, scores, removal, reduction, timings)
                 student = cut(model, plan.plan)
                 with tempfile.TemporaryDirectory(prefix="joint-speed-") as work:  # ONNX files, 88 MB each
-                    timed = time_against_teacher(model, {"joint": student}, io, batch, threads, policy, Path(work),
-                                                 seed=draw)["joint"]
+                    timed = time_against_teacher(model, {"joint": student}, io, batch, threads, FINAL_TIMING,
+                                                 Path(work), seed=draw)["joint"]
                 predicted_ms = model_cost(student, "latency", table)
                 relative = (1 / timed["ratio"]) / (predicted_ms / costs.total) - 1
                 row = {"batch": batch, "target": reduction, "draw": draw, "blocks_removed": list(plan.plan.drop_blocks),

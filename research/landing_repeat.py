@@ -27,7 +27,7 @@ import click
 import numpy as np
 import torch
 
-from research.joint_speed import land_joint
+from research.joint_speed import FINAL_TIMING, land_joint, random_removal
 from research.latency_plan import cut, random_scores, time_against_teacher
 from research.paired import paired_bootstrap_ci
 from vitshrink.compressor.core.atomic import write_json_atomic, write_text_atomic
@@ -35,7 +35,6 @@ from vitshrink.compressor.core.latency_table import LatencyTable
 from vitshrink.compressor.core.model_loading import load_model
 from vitshrink.compressor.planning.planner import model_costs
 from vitshrink.exporters.io_spec import IOSpec
-from vitshrink.exporters.runtime.timing import TimingPolicy
 
 
 @click.command()
@@ -61,14 +60,13 @@ def main(model_name: str, table_file: Path, reduction: float, draws: str, repeat
     io = IOSpec.from_model(model, teacher.data_config)
     costs = model_costs(model, "latency", table)
     scores = random_scores(model, seed=0)
-    policy = TimingPolicy(warmup_iters=3, warmup_s=0.0, min_iters=20, min_time_s=2.0, max_time_s=120.0)
     record = {"model": model_name, "table": str(table_file), "batch": batch, "threads": threads,
               "target": reduction, "background_load": background_load, "rows": []}
     load = multiprocessing.Process(target=bursts, daemon=True) if background_load else None
     if load:
         load.start()
     try:
-        land_repeatedly(model, io, costs, scores, record, draws, repeats, policy, out, load.pid if load else None)
+        land_repeatedly(model, io, costs, scores, record, draws, repeats, out, load.pid if load else None)
     finally:
         if load:
             load.terminate()
@@ -85,14 +83,13 @@ def bursts(seed: int = 0) -> None:
             pass
 
 
-def land_repeatedly(model, io, costs, scores, record: dict, draws: str, repeats: int, policy: TimingPolicy,
-                    out: Path, load_pid: int | None) -> None:
+def land_repeatedly(model, io, costs, scores, record: dict, draws: str, repeats: int, out: Path,
+                    load_pid: int | None) -> None:
     """Each draw's plan landed `repeats` times with 1 and with 2 timings per check; rows appended to `record`.
     The process `load_pid` (if any) is stopped while each kept plan is timed alone."""
     batch, threads, reduction = record["batch"], record["threads"], record["target"]
-    unit_sum = np.array([h.sum() + n.sum() for h, n in zip(scores.heads, scores.neurons, strict=True)])
     for draw in (int(d) for d in draws.split(",")):
-        removal = unit_sum * np.random.default_rng(draw).uniform(0.0, 0.5, len(unit_sum))  # as joint_speed draws
+        removal = random_removal(scores, draw)
         for repeat in range(repeats):
             for timings in ((1, 2) if repeat % 2 == 0 else (2, 1)):  # alternated: neither always runs first
                 started = time.perf_counter()
@@ -101,7 +98,7 @@ def land_repeatedly(model, io, costs, scores, record: dict, draws: str, repeats:
                 if load_pid:
                     os.kill(load_pid, signal.SIGSTOP)
                 with tempfile.TemporaryDirectory(prefix="landing-") as work:
-                    timed = time_against_teacher(model, {"kept": cut(model, plan.plan)}, io, batch, threads, policy,
+                    timed = time_against_teacher(model, {"kept": cut(model, plan.plan)}, io, batch, threads, FINAL_TIMING,
                                                  Path(work), seed=repeat)["kept"]
                 if load_pid:
                     os.kill(load_pid, signal.SIGCONT)
