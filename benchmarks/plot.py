@@ -81,7 +81,8 @@ def save_plot(bench: dict, path: Path) -> Path:
         rows = sorted((r["batch"], r["ratio"], r["ci_low"], r["ci_high"], r["pairs"])
                       for r in speedups if r["backend"] == backend)
         batches, ratios, lows, highs, pairs = zip(*rows, strict=True)
-        spd_ax.errorbar(batches, ratios, yerr=error_bars(ratios, lows, highs, pairs), marker="o", capsize=3, color=color.get(backend), label=backend)
+        spd_ax.errorbar(batches, ratios, yerr=error_bars(ratios, lows, highs, pairs), marker="o", capsize=3,
+                        color=color.get(backend), label=backend)
     if speedups:
         spd_ax.axhline(speedups[0]["flops_ratio"], color="black", linestyle=":",
                        label=f"FLOPs ratio {speedups[0]['flops_ratio']:.2f}x")
